@@ -1,0 +1,395 @@
+"""Run the stitching benchmark: bandwidth probe + every (workload, contender) in a fresh process.
+
+Writes bench/results/<stamp>[-quick].json and .md; for full-size runs also rewrites the results
+section of bench/README.md (between the results markers).
+
+Examples:
+  python bench/run_stitch.py                       # full size, all workloads and contenders
+  python bench/run_stitch.py --quick               # tiny sizes, smoke test (< 1 min)
+  python bench/run_stitch.py -w a,c -c tilewise_stream,naive,monai_swi_constant
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import contenders as cs
+import workloads as wls
+
+HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+START = "<!-- results:start -->"
+END = "<!-- results:end -->"
+MIB = 1 << 20
+
+
+def machine_info() -> dict:
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        info["cpu"] = names[0] if names else platform.processor()
+    except OSError:
+        info["cpu"] = platform.processor()
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(next(ln for ln in f if ln.startswith("MemTotal")).split()[1])
+        info["mem_gib"] = round(kb / (1 << 20), 1)
+    except (OSError, StopIteration):
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def run_child(
+    cmd: list[str], json_path: Path, timeout: float, env: dict
+) -> tuple[dict | None, str]:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return None, f"timeout after {timeout:.0f} s"
+    if json_path.exists():
+        with open(json_path) as f:
+            return json.load(f), ""
+    tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+    return None, f"process died rc={p.returncode}: {' | '.join(tail)}"[:300]
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def _s(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    if v >= 0.1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def _e(v) -> str:
+    if v is None:
+        return "-"
+    return "0" if v == 0 else f"{v:.1e}"
+
+
+def _mib(v) -> str:
+    return "-" if v is None else f"{v / MIB:.0f}"
+
+
+def summarise(rec: dict, bound: float | None) -> dict:
+    """Reduce one worker record to table cells."""
+    row = {
+        "contender": rec["contender"],
+        "status": rec["status"],
+        "batch": rec.get("batch"),
+        "note": "",
+        "best": None,
+    }
+    runs = rec.get("runs", [])
+    notes = [runs[0]["note"]] if runs else []
+    if runs:
+        row["windows"] = runs[0]["windows"]
+        if runs[0]["windows"] != rec["expected_windows"]:
+            notes.append(f"{runs[0]['windows']} windows vs {rec['expected_windows']} expected")
+        row["max_err"] = max(r["check"]["max_err"] or 0.0 for r in runs)
+        row["n_bad"] = max(r["check"]["n_bad"] or 0 for r in runs)
+        row["peak"] = max(r["peak_rss"] for r in runs)
+        row["base"] = runs[0]["base_rss"]
+        row["added"] = max(r["peak_rss"] - r["base_rss"] for r in runs)
+        if not all(r.get("hwm_reset") for r in runs):
+            notes.append("RSS high-water could not be reset: peak includes warm-up")
+        if any(r["check"].get("out_dtype") not in ("float32",) for r in runs):
+            notes.append(f"out dtype {runs[0]['check'].get('out_dtype')}")
+    row["warmup"] = rec.get("warmup_s")
+    if rec["status"] == "ok":
+        best = min(runs, key=lambda r: r["total"])
+        ph = best["phases"]
+        row["best"] = best["total"]
+        row["first"] = runs[0]["total"]
+        row["model"] = ph.get("model")
+        if rec.get("fused"):
+            row["extract"] = "(fused)"
+            fused = ph.get("fused", 0.0) - ph.get("model", 0.0)
+            row["stitch"] = f"{_s(fused)} (ext+stitch)"
+        else:
+            row["extract"] = _s(ph.get("extract"))
+            row["stitch"] = _s(ph.get("stitch"))
+        row["ratio"] = best["total"] / bound if bound else None
+        row["reps"] = len(runs)
+    elif rec["status"] == "WRONG":
+        notes.insert(0, f"**WRONG**: {rec.get('error', '')}")
+    else:
+        stage = rec.get("error_stage", "")
+        notes.insert(0, f"**error** ({stage}): {rec.get('error', '')}")
+    row["note"] = "; ".join(n for n in notes if n).replace("|", "/")
+    return row
+
+
+def markdown(results: dict) -> str:
+    bw = results["bandwidth"]
+    lines = []
+    m = results["machine"]
+    lines.append(
+        f"Run {results['started']} ({'QUICK sizes' if results['quick'] else 'full size'}), "
+        f"`{results['command']}`, {results['reps']} reps per fresh process."
+    )
+    lines.append("")
+    lines.append(
+        f"Machine: {m.get('cpu')}, {m.get('cpus')} CPUs, {m.get('mem_gib')} GiB RAM, "
+        f"Python {m.get('python')}, torch {m.get('torch')} ({m.get('torch_threads')} threads), "
+        f"{m.get('platform')}."
+    )
+    vers = {}
+    for wl in results["workloads"].values():
+        for rec in wl["records"]:
+            vers.update(rec.get("versions") or {})
+    if vers:
+        lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(vers.items())) + ".")
+    lines.append("")
+    if bw:
+        lines.append(
+            f"Memory bandwidth ({bw['buffer_mib']} MiB buffers, median of {bw['reps']}): "
+            f"copy {bw['copy_GBps']:.2f} GB/s (read+write), first touch "
+            f"{bw['first_touch_GBps']:.2f} GB/s (written), copy into fresh memory "
+            f"{bw['fresh_copy_GBps']:.2f} GB/s (read+write)."
+        )
+    else:
+        lines.append("Memory bandwidth: probe failed; no bound.")
+    lines.append("")
+    lines.append(
+        "| workload | windows | input | windows written | window outputs read "
+        "| output (fresh) | output r+w | bound (s) |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for name, wl in results["workloads"].items():
+        b = wl["bytes"]
+        gb = {k: f"{v / 1e9:.3f} GB" for k, v in b.items()}
+        lines.append(
+            f"| {name}: {wl['description']} | {wl['windows']} | {gb['input_read']} "
+            f"| {gb['windows_written']} | {gb['window_outputs_read']} | {gb['output_fresh']} "
+            f"| {gb['output_rw']} | {_s(wl['bound_s'])} |"
+        )
+    lines.append("")
+    lines.append(
+        "Times in seconds (wall). `total` = best of the reps, phases from that rep; `first` = "
+        "first full-size run after the warm-up; `warm-up` = one run on a tiny input first "
+        "(JIT / first calls). RSS in MiB: `peak` = ru_maxrss of the fresh process (high-water "
+        "reset before each timed run), `base` = RSS just before the timed section, "
+        "`added` = peak - base. `max err` = max |out - 2x|; above 1e-4 a result is WRONG and "
+        "not timed or ranked. `x bound` = total / memory-bandwidth bound."
+    )
+    lines.append("")
+    hdr = (
+        "| workload | # | contender | status | windows | batch | extract | model | stitch | total "
+        "| first | warm-up | peak | base | added | max err | x bound | note |"
+    )
+    lines.append(hdr)
+    lines.append("|" + "---|" * (hdr.count("|") - 1))
+    for name, wl in results["workloads"].items():
+        rows = [summarise(r, wl["bound_s"]) for r in wl["records"]]
+        order = {"ok": 0, "WRONG": 1}
+        rows.sort(key=lambda r: (order.get(r["status"], 2), r["best"] or 0.0))
+        rank = 0
+        for r in rows:
+            ok = r["status"] == "ok"
+            rank += ok
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        name,
+                        str(rank) if ok else "-",
+                        r["contender"],
+                        r["status"],
+                        str(r.get("windows", "-")),
+                        str(r.get("batch", "-")),
+                        r.get("extract", "-") if ok else "-",
+                        _s(r.get("model")) if ok else "-",
+                        r.get("stitch", "-") if ok else "-",
+                        _s(r.get("best")) if ok else "-",
+                        _s(r.get("first")) if ok else "-",
+                        _s(r.get("warmup")),
+                        _mib(r.get("peak")),
+                        _mib(r.get("base")),
+                        _mib(r.get("added")),
+                        _e(r.get("max_err")),
+                        f"{r['ratio']:.1f}" if ok and r.get("ratio") else "-",
+                        r["note"],
+                    ]
+                )
+                + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(text: str) -> None:
+    body = README.read_text()
+    if START not in body or END not in body:
+        body = body.rstrip() + f"\n\n## Results\n\n{START}\n{END}\n"
+    head, rest = body.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{START}\n{text}{END}{tail}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    ap.add_argument("-w", "--workloads", default="a,b,c", help="comma list of a,b,c")
+    ap.add_argument(
+        "-c",
+        "--contenders",
+        default="all",
+        help="comma list, or 'all'; choices: " + ",".join(cs.CONTENDERS),
+    )
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per process")
+    ap.add_argument("--out-dir", default=str(HERE / "results"))
+    ap.add_argument(
+        "--update-readme",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="rewrite README results (auto: only for full-size runs with all contenders)",
+    )
+    ap.add_argument("--bandwidth-mib", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    wnames = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    for w in wnames:
+        if w not in wls.FULL:
+            ap.error(f"unknown workload {w!r}")
+    if args.contenders == "all":
+        cnames = list(cs.CONTENDERS)
+    else:
+        cnames = [c.strip() for c in args.contenders.split(",") if c.strip()]
+        for c in cnames:
+            if c not in cs.CONTENDERS:
+                ap.error(f"unknown contender {c!r}")
+    timeout = args.timeout or (120.0 if args.quick else 1800.0)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
+    tmp = out_dir / f"{stamp}.parts"
+    tmp.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(HERE), str(HERE.parent / "src"), env.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
+    py = sys.executable
+    cmd_line = "bash bench/run.sh" + ("".join(f" {a}" for a in (argv or sys.argv[1:])))
+
+    results = {
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": cmd_line,
+        "quick": args.quick,
+        "reps": args.reps,
+        "machine": machine_info(),
+        "workloads": {},
+    }
+
+    print("[bench] bandwidth probe ...", file=sys.stderr, flush=True)
+    mib = args.bandwidth_mib or (64 if args.quick else 512)
+    bw_json = tmp / "bandwidth.json"
+    bw, err = run_child(
+        [py, str(HERE / "bandwidth.py"), "--mib", str(mib), "--json", str(bw_json)],
+        bw_json,
+        timeout,
+        env,
+    )
+    if bw is None:
+        print(f"[bench] bandwidth probe failed: {err}", file=sys.stderr)
+    else:
+        print(
+            f"[bench]   copy {bw['copy_GBps']:.2f} GB/s, first touch "
+            f"{bw['first_touch_GBps']:.2f} GB/s",
+            file=sys.stderr,
+        )
+    results["bandwidth"] = bw
+
+    for w in wnames:
+        wl = wls.get(w, args.quick)
+        bound = wls.bound_seconds(wl, bw["copy_GBps"], bw["first_touch_GBps"]) if bw else None
+        entry = {
+            "description": wl.description,
+            "shape": list(wl.shape),
+            "window": list(wl.window),
+            "step": list(wl.step),
+            "batch": wl.batch,
+            "windows": wls.n_windows(wl),
+            "bytes": wls.min_bytes(wl),
+            "bound_s": bound,
+            "records": [],
+        }
+        results["workloads"][w] = entry
+        for c in cnames:
+            jp = tmp / f"{w}-{c}.json"
+            cmd = [py, str(HERE / "harness.py"), "--workload", w, "--contender", c]
+            cmd += ["--reps", str(args.reps), "--json", str(jp)]
+            if args.quick:
+                cmd.append("--quick")
+            t0 = time.perf_counter()
+            rec, err = run_child(cmd, jp, timeout, env)
+            if rec is None:
+                rec = {
+                    "workload": w,
+                    "contender": c,
+                    "status": "error",
+                    "error": err,
+                    "error_stage": "process",
+                    "batch": wl.batch,
+                    "expected_windows": wls.n_windows(wl),
+                    "runs": [],
+                }
+            entry["records"].append(rec)
+            best = min((r["total"] for r in rec.get("runs", [])), default=None)
+            msg = rec["status"] + (f" best {best:.3f}s" if best is not None else "")
+            if rec["status"] != "ok":
+                msg += f" {rec.get('error', '')}"[:160]
+            print(
+                f"[bench] {w} {c:20s} {msg} ({time.perf_counter() - t0:.1f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    md = markdown(results)
+    (out_dir / f"{stamp}.json").write_text(json.dumps(results, indent=1))
+    (out_dir / f"{stamp}.md").write_text(md)
+    full_set = set(wnames) == set(wls.FULL) and set(cnames) == set(cs.CONTENDERS)
+    upd = args.update_readme == "yes" or (
+        args.update_readme == "auto" and not args.quick and full_set
+    )
+    if upd:
+        update_readme(md)
+        print("[bench] README results section rewritten", file=sys.stderr)
+    print(md)
+    print(f"[bench] wrote {out_dir / (stamp + '.json')} and .md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""tilewise: exact, seam-free tiling and stitching of images and volumes larger than memory.
+
+Arrays are laid out ``(N, C, *spatial)`` with 1 to 4 tiled axes. A :class:`Tiling` is the plan,
+:func:`extract` cuts windows, :func:`stitch` / :class:`Stitcher` put window outputs back together
+with the weights of a :mod:`tilewise.blend`.
+
+>>> import torch, tilewise as tw
+>>> x = torch.rand(1, 1, 64, 64, 64)
+>>> t = tw.Tiling(x.shape[2:], window=32, step=24)
+>>> y = tw.stitch(tw.extract(x, t), t, blend=tw.blend.border(4, weight=0.0))
+>>> torch.allclose(y, x)
+True
+"""
+
+from __future__ import annotations
+
+from tilewise import blend
+from tilewise._errors import (
+    CoverageError,
+    MissingWindowError,
+    NonFiniteError,
+    ParameterError,
+    ParameterTypeError,
+    ShapeMismatchError,
+    TilewiseError,
+)
+from tilewise._extract import extract, extract_batches
+from tilewise._geometry import Tiling, Window
+from tilewise._stitch import Stitcher, stitch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CoverageError",
+    "MissingWindowError",
+    "NonFiniteError",
+    "ParameterError",
+    "ParameterTypeError",
+    "ShapeMismatchError",
+    "Stitcher",
+    "TilewiseError",
+    "Tiling",
+    "Window",
+    "__version__",
+    "blend",
+    "extract",
+    "extract_batches",
+    "stitch",
+]

@@ -1,0 +1,292 @@
+"""Extract windows from an array: strided views, materialised once, in batches.
+
+Windows that form a regular lattice along every axis are one strided view of the input
+(the mirror image of ``Tensor.unfold``), so a batch of thousands of windows is copied with a
+handful of ``copy_`` calls instead of one call per window.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from tilewise._alloc import host_empty
+from tilewise._errors import ParameterError, ParameterTypeError, ShapeMismatchError, message
+from tilewise._weights import AxisPlan, contiguous_boxes, index_runs
+
+if TYPE_CHECKING:
+    from tilewise._geometry import Tiling
+
+__all__ = ["Indices", "as_tensor", "axis_plans", "extract", "extract_batches", "resolve_indices"]
+
+Indices = int | slice | range | Sequence[int] | np.ndarray | torch.Tensor | None
+
+
+@lru_cache(maxsize=64)
+def axis_plans(tiling: Tiling) -> tuple[AxisPlan, ...]:
+    """Per-axis plans of a tiling (cached: tilings are immutable and hashable)."""
+    return tuple(
+        AxisPlan(s, w, st, a)
+        for s, w, st, a in zip(
+            tiling.shape, tiling.window, tiling.step, tiling.axis_starts, strict=True
+        )
+    )
+
+
+def as_tensor(x: Any, what: str) -> tuple[torch.Tensor, bool]:
+    """View ``x`` as a torch tensor without copying; also say whether it came from numpy."""
+    if isinstance(x, torch.Tensor):
+        return x, False
+    if isinstance(x, np.ndarray):
+        arr = x
+        if not arr.dtype.isnative:
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        with warnings.catch_warnings():  # read-only memmaps: we never write through this view
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            try:
+                return torch.from_numpy(arr), True
+            except TypeError:
+                raise ParameterTypeError(
+                    message(
+                        what,
+                        expected="a numeric array (bool, int, uint8/16/32/64, float or complex)",
+                        received=f"numpy dtype {x.dtype}",
+                        fix="convert it with x.astype(np.float32)",
+                    )
+                ) from None
+    raise ParameterTypeError(
+        message(
+            what,
+            expected="a torch.Tensor or numpy.ndarray laid out (N, C, *spatial)",
+            received=f"{type(x).__name__}",
+            fix="convert it with torch.as_tensor(x) or np.asarray(x)",
+        )
+    )
+
+
+def resolve_indices(indices: Indices, total: int) -> tuple[list[tuple[int, int, int]], int]:
+    """Turn an index spec into runs ``(position, first, length)`` and the number of windows."""
+    if indices is None:
+        return ([(0, 0, total)] if total else []), total
+    if isinstance(indices, slice):
+        indices = range(*indices.indices(total))
+    if isinstance(indices, range) and indices.step == 1:
+        if len(indices) and (indices.start < 0 or indices.stop > total):
+            raise ParameterError(
+                message(
+                    "indices",
+                    expected=f"window indices in [0, {total})",
+                    received=f"{indices!r}",
+                    fix="index windows as n * len(tiling) + window index",
+                )
+            )
+        return ([(0, indices.start, len(indices))] if len(indices) else []), len(indices)
+    if isinstance(indices, bool):
+        raise ParameterTypeError(
+            message("indices", expected="window indices", received="a bool", fix="pass ints")
+        )
+    if isinstance(indices, torch.Tensor):
+        indices = indices.detach().cpu().numpy()
+    arr = np.asarray(indices)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ParameterTypeError(
+            message(
+                "indices",
+                expected="an int, a range/slice, or a 1-D sequence of ints",
+                received=f"array of shape {arr.shape} and dtype {arr.dtype}",
+                fix="pass flat window indices as ints",
+            )
+        )
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size and (arr.min() < 0 or arr.max() >= total):
+        bad = int(arr[(arr < 0) | (arr >= total)][0])
+        raise ParameterError(
+            message(
+                "indices",
+                expected=f"window indices in [0, {total})",
+                received=f"index {bad}",
+                fix="index windows as n * len(tiling) + window index",
+            )
+        )
+    return index_runs(arr), int(arr.size)
+
+
+def _pad_maps(tiling: Tiling) -> list[tuple[int, int, int, np.ndarray | None]]:
+    """For each padded axis: (axis, before, after, source index map or None for constant)."""
+    maps: list[tuple[int, int, int, np.ndarray | None]] = []
+    for ax, ((before, after), size, w) in enumerate(
+        zip(tiling.padding, tiling.shape, tiling.window, strict=True)
+    ):
+        if before == 0 and after == 0:
+            continue
+        rel = np.arange(w, dtype=np.int64) - before
+        if tiling.pad == "constant":
+            maps.append((ax, before, after, None))
+            continue
+        if tiling.pad == "replicate" or size == 1:
+            src = np.clip(rel, 0, size - 1)
+        else:  # reflect about the edge voxels, repeatedly if the pad is wider than the axis
+            period = 2 * (size - 1)
+            r = np.mod(rel, period)
+            src = np.where(r >= size, period - r, r)
+        maps.append((ax, before, after, src + before))
+    return maps
+
+
+def _fill_padding(out: torch.Tensor, tiling: Tiling) -> None:
+    for ax, before, after, src in _pad_maps(tiling):
+        dim = 2 + ax
+        w = out.shape[dim]
+        for lo, n in ((0, before), (w - after, after)):
+            if n == 0:
+                continue
+            region = out.narrow(dim, lo, n)
+            if src is None:
+                region.fill_(tiling.pad_value)
+            else:
+                idx = torch.from_numpy(src[lo : lo + n]).to(out.device)
+                region.copy_(out.index_select(dim, idx))
+
+
+def _copy_run(x: torch.Tensor, tiling: Tiling, first: int, length: int, dst: torch.Tensor) -> None:
+    """Copy windows ``first .. first + length`` (flat over N and the grid) into ``dst``."""
+    plans = axis_plans(tiling)
+    d = tiling.ndim
+    c = x.shape[1]
+    sn, sc, *ss = x.stride()
+    pos = 0
+    for lo, hi in contiguous_boxes(first, first + length, (x.shape[0], *tiling.counts)):
+        box = tuple(b - a for a, b in zip(lo, hi, strict=True))
+        count = math.prod(box)
+        block = dst[pos : pos + count].view(*box, c, *tiling.window)
+        pos += count
+        segs = [plans[ax].extract_segments(lo[ax + 1], hi[ax + 1]) for ax in range(d)]
+        for combo in itertools.product(*segs):
+            size: list[int] = [box[0]]
+            stride: list[int] = [sn]
+            offset = x.storage_offset() + lo[0] * sn
+            g_idx: list[slice] = [slice(None)]
+            l_idx: list[slice] = []
+            local_size: list[int] = []
+            for ax, (k, cnt, vstart, vstride) in enumerate(combo):
+                plan = plans[ax]
+                vlo, vhi = int(plan.valid_lo[k]), int(plan.valid_hi[k])
+                size.append(cnt)
+                stride.append(vstride * ss[ax])
+                offset += (vstart + vlo) * ss[ax]
+                g_idx.append(slice(k - lo[ax + 1], k - lo[ax + 1] + cnt))
+                l_idx.append(slice(vlo, vhi))
+                local_size.append(vhi - vlo)
+            src = x.as_strided((*size, c, *local_size), (*stride, sc, *ss), offset)
+            block[(*g_idx, slice(None), *l_idx)].copy_(src)
+
+
+def extract(
+    x: Any, tiling: Tiling, indices: Indices = None, *, out: torch.Tensor | None = None
+) -> Any:
+    """Cut windows out of ``x`` (laid out ``(N, C, *tiling.shape)``).
+
+    Parameters
+    ----------
+    x
+        A torch tensor (any device and dtype, kept) or a numpy array (a numpy array comes back).
+    tiling
+        The plan.
+    indices
+        Which windows: ``None`` for all ``N * len(tiling)`` (n-major, then grid order), an int,
+        a range/slice, or a sequence of flat indices ``n * len(tiling) + window``.
+    out
+        A preallocated ``(len(indices), C, *window)`` buffer to fill (same dtype and device).
+
+    Returns
+    -------
+    The windows, shape ``(len(indices), C, *tiling.window)``.
+
+    Examples
+    --------
+    >>> import torch, tilewise as tw
+    >>> x = torch.arange(10.0).reshape(1, 1, 10)
+    >>> tw.extract(x, tw.Tiling((10,), window=4, step=3))[:, 0].tolist()
+    [[0.0, 1.0, 2.0, 3.0], [3.0, 4.0, 5.0, 6.0], [6.0, 7.0, 8.0, 9.0]]
+    """
+    t, from_numpy = as_tensor(x, "x")
+    tiling.check_array_shape(t.shape, "x")
+    runs, count = resolve_indices(indices, t.shape[0] * len(tiling))
+    shape = (count, t.shape[1], *tiling.window)
+    if out is None:
+        buf, _ = host_empty(shape, t.dtype, t.device)
+    else:
+        buf, _ = as_tensor(out, "out")
+        if tuple(buf.shape) != shape or buf.dtype != t.dtype or buf.device != t.device:
+            raise ShapeMismatchError(
+                message(
+                    "out",
+                    expected=f"a buffer of shape {shape}, dtype {t.dtype} on {t.device}",
+                    received=f"shape {tuple(buf.shape)}, dtype {buf.dtype} on {buf.device}",
+                    fix="allocate it with x.new_empty((len(indices), C, *tiling.window))",
+                )
+            )
+        if not buf.is_contiguous():
+            raise ShapeMismatchError(
+                message(
+                    "out",
+                    expected="a contiguous buffer",
+                    received="a non-contiguous view",
+                    fix="pass a contiguous tensor (or a leading slice of one)",
+                )
+            )
+    for p, first, length in runs:
+        _copy_run(t, tiling, first, length, buf[p : p + length])
+    if any(b or a for b, a in tiling.padding):
+        _fill_padding(buf, tiling)
+    if out is not None:
+        return out
+    return buf.numpy() if from_numpy else buf
+
+
+def extract_batches(
+    x: Any, tiling: Tiling, batch_size: int, *, reuse: bool = False
+) -> Iterator[tuple[range, Any]]:
+    """Yield ``(indices, windows)`` for consecutive batches of ``batch_size`` windows.
+
+    Memory is bounded by one batch. With ``reuse=True`` one buffer is filled again for every
+    batch (no allocation, fastest); the windows of a batch are then only valid until the next
+    batch is produced.
+
+    >>> import torch, tilewise as tw
+    >>> t = tw.Tiling((8, 8), window=4, step=4)
+    >>> [(r, tuple(b.shape)) for r, b in tw.extract_batches(torch.zeros(1, 2, 8, 8), t, 3)]
+    [(range(0, 3), (3, 2, 4, 4)), (range(3, 4), (1, 2, 4, 4))]
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ParameterError(
+            message(
+                "batch_size",
+                expected="a positive int",
+                received=repr(batch_size),
+                fix="pass e.g. batch_size=8",
+            )
+        )
+    t, from_numpy = as_tensor(x, "x")
+    tiling.check_array_shape(t.shape, "x")
+    total = t.shape[0] * len(tiling)
+    buf: torch.Tensor | None = None
+    for start in range(0, total, batch_size):
+        r = range(start, min(start + batch_size, total))
+        if reuse:
+            if buf is None:
+                buf = t.new_empty((min(batch_size, total), t.shape[1], *tiling.window))
+            view = buf[: len(r)]
+            extract(t, tiling, r, out=view)
+        else:
+            view = extract(t, tiling, r)
+        yield r, (view.numpy() if from_numpy else view)

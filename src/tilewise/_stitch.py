@@ -1,0 +1,400 @@
+"""Stitch window outputs back into one array with pre-normalised blend weights.
+
+Each batch is split into boxes of consecutive windows; along every axis a box splits into pieces
+whose weighted supports never overlap (see :mod:`tilewise._weights`). The product of one piece
+per axis is one strided view of the output, added with a single ``addcmul_`` (or a plain copy
+when the plan's supports tile the array exactly, as with a zero-weight border). There is no
+per-window Python loop, no full-size weight or count array, and no final division.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from tilewise._alloc import host_empty
+from tilewise._errors import (
+    MissingWindowError,
+    NonFiniteError,
+    ParameterError,
+    ParameterTypeError,
+    ShapeMismatchError,
+    message,
+)
+from tilewise._extract import Indices, as_tensor, resolve_indices
+from tilewise._geometry import Tiling
+from tilewise._weights import AxisPiece, WeightPlan, contiguous_boxes
+from tilewise.blend import Blend, uniform
+
+__all__ = ["Stitcher", "stitch", "weight_plan"]
+
+_ACC_DTYPES = {torch.float32: torch.float32, torch.float64: torch.float64}
+
+
+@lru_cache(maxsize=32)
+def weight_plan(tiling: Tiling, blend: Blend) -> WeightPlan:
+    """The blend bound to the tiling (cached)."""
+    return WeightPlan(tiling, blend)
+
+
+def _acc_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    if dtype not in _ACC_DTYPES:
+        raise ParameterError(
+            message(
+                "dtype",
+                expected="torch.float32 or torch.float64 (the accumulation and result dtype)",
+                received=repr(dtype),
+                fix="use dtype=torch.float64 for double precision, or leave it None",
+            )
+        )
+    return _ACC_DTYPES[dtype]
+
+
+class Stitcher:
+    """Accumulates window outputs, in batches and in any order, into one ``(N, C, *shape)`` array.
+
+    Parameters
+    ----------
+    tiling
+        The plan the windows came from.
+    n
+        Number of images ``N`` (windows are indexed ``n * len(tiling) + window``).
+    blend
+        Weight profile (default :func:`tilewise.blend.uniform`).
+    dtype
+        Accumulation/result dtype: float32 (default; also for float16/bfloat16 outputs) or
+        float64 (default for float64 outputs).
+    device
+        Where the result lives (default: the device of the first batch). Window outputs on a
+        GPU may be stitched into host memory and vice versa.
+    out
+        A preallocated ``(N, C, *shape)`` float tensor to stitch into; it is overwritten.
+
+    Examples
+    --------
+    >>> import torch, tilewise as tw
+    >>> t = tw.Tiling((6,), window=4, step=2)
+    >>> s = tw.Stitcher(t)
+    >>> s.add(torch.ones(1, 1, 4), [1])      # any order, any batch size
+    >>> s.add(torch.ones(1, 1, 4), [0])
+    >>> s.result()[0, 0].tolist()
+    [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    """
+
+    def __init__(
+        self,
+        tiling: Tiling,
+        *,
+        n: int = 1,
+        blend: Blend | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        out: torch.Tensor | None = None,
+    ) -> None:
+        if not isinstance(tiling, Tiling):
+            raise ParameterTypeError(
+                message(
+                    "tiling",
+                    expected="a tilewise.Tiling",
+                    received=type(tiling).__name__,
+                    fix="build one with tw.Tiling(shape, window=..., step=...)",
+                )
+            )
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ParameterError(
+                message("n", expected="a positive int", received=repr(n), fix="pass n=x.shape[0]")
+            )
+        blend = uniform() if blend is None else blend
+        if not isinstance(blend, Blend):
+            raise ParameterTypeError(
+                message(
+                    "blend",
+                    expected="a tilewise.blend recipe",
+                    received=type(blend).__name__,
+                    fix="use e.g. tw.blend.border(10, weight=0.0) or tw.blend.gaussian()",
+                )
+            )
+        self.tiling, self.n, self.blend = tiling, n, blend
+        self.plan = weight_plan(tiling, blend)  # validates coverage now, before any work
+        self._dtype = _acc_dtype(dtype)
+        self._device = torch.device(device) if device is not None else None
+        self._seen = np.zeros(n * len(tiling), dtype=bool)
+        self._weights: dict[tuple[tuple[int, ...], torch.dtype, torch.device], Any] = {}
+        self._out: torch.Tensor | None = None
+        if out is not None:
+            self._adopt(out)
+
+    def _adopt(self, out: torch.Tensor) -> None:
+        if not isinstance(out, torch.Tensor):
+            raise ParameterTypeError(
+                message(
+                    "out",
+                    expected="a torch.Tensor",
+                    received=type(out).__name__,
+                    fix="allocate it with torch.empty((N, C, *shape))",
+                )
+            )
+        self.tiling.check_array_shape(out.shape, "out")
+        if out.shape[0] != self.n or out.dtype not in _ACC_DTYPES:
+            raise ShapeMismatchError(
+                message(
+                    "out",
+                    expected=f"N = {self.n} and dtype float32 or float64",
+                    received=f"shape {tuple(out.shape)}, dtype {out.dtype}",
+                    fix="allocate out with torch.empty((n, C, *tiling.shape), dtype=torch.float32)",
+                )
+            )
+        if self._dtype is not None and out.dtype != self._dtype:
+            raise ShapeMismatchError(
+                message(
+                    "out",
+                    expected=f"dtype {self._dtype} (as requested)",
+                    received=str(out.dtype),
+                    fix="make dtype and out agree",
+                )
+            )
+        if self._device is not None and out.device != self._device:
+            raise ShapeMismatchError(
+                message(
+                    "out",
+                    expected=f"a tensor on {self._device}",
+                    received=str(out.device),
+                    fix="make device and out agree",
+                )
+            )
+        if not self.plan.partition:
+            out.zero_()
+        self._out = out
+
+    @property
+    def added(self) -> int:
+        """How many windows have been added."""
+        return int(self._seen.sum())
+
+    @property
+    def missing(self) -> np.ndarray:
+        """Flat indices of the windows not added yet."""
+        return np.flatnonzero(~self._seen)
+
+    def add(self, patches: Any, indices: Indices) -> None:
+        """Add a batch of window outputs ``(B, C_out, *window)`` for windows ``indices``."""
+        p, _ = as_tensor(patches, "patches")
+        runs, count = resolve_indices(indices, len(self._seen))
+        win = self.tiling.window
+        if p.ndim != 2 + len(win) or tuple(p.shape[2:]) != win or p.shape[0] != count:
+            raise ShapeMismatchError(
+                message(
+                    "patches",
+                    expected=f"shape ({count}, C, {', '.join(map(str, win))}): one window "
+                    "output per index",
+                    received=f"shape {tuple(p.shape)} for {count} indices",
+                    fix="pass one (C, *window) output per index, in the same order",
+                )
+            )
+        if p.is_complex() or p.dtype == torch.bool:
+            raise ParameterTypeError(
+                message(
+                    "patches",
+                    expected="real-valued window outputs",
+                    received=str(p.dtype),
+                    fix="convert with patches.float()",
+                )
+            )
+        self._check_new(runs)
+        out = self._output(p)
+        if p.shape[1] != out.shape[1]:
+            raise ShapeMismatchError(
+                message(
+                    "patches",
+                    expected=f"{out.shape[1]} channels, as in the first batch/out",
+                    received=f"{p.shape[1]} channels",
+                    fix="every batch must have the same number of output channels",
+                )
+            )
+        if p.device != out.device:
+            p = p.to(out.device, non_blocking=True)
+        if not p.is_contiguous():
+            p = p.contiguous()
+        for pos, first, length in runs:
+            self._add_run(out, p[pos : pos + length], first, length)
+        for _pos, first, length in runs:
+            self._seen[first : first + length] = True
+
+    def _check_new(self, runs: list[tuple[int, int, int]]) -> None:
+        marks = np.zeros(len(self._seen), dtype=np.int32)
+        for _pos, first, length in runs:
+            marks[first : first + length] += 1
+        twice = np.flatnonzero((marks > 1) | ((marks > 0) & self._seen))
+        if len(twice):
+            raise MissingWindowError(
+                message(
+                    "indices",
+                    expected="each window added once",
+                    received=f"window {int(twice[0])} added twice ({len(twice)} such windows)",
+                    fix="add every window exactly once; start a new Stitcher to redo a run",
+                )
+            )
+
+    def _output(self, p: torch.Tensor) -> torch.Tensor:
+        if self._out is None:
+            dtype = self._dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)
+            device = self._device or p.device
+            shape = (self.n, p.shape[1], *self.tiling.shape)
+            out, zeroed = host_empty(shape, dtype, device)
+            if not (zeroed or self.plan.partition):
+                out.zero_()
+            self._out = out
+        return self._out
+
+    def _weight(self, sigs: tuple[int, ...], out: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        key = (sigs, out.dtype, out.device)
+        if key not in self._weights:
+            w = self.plan.weight(sigs)
+            crop = tuple(
+                slice(*self.plan.support(ax, s)) if self.plan.blend.separable else slice(None)
+                for ax, s in enumerate(sigs)
+            )
+            w = np.ascontiguousarray(w[crop])
+            self._weights[key] = (
+                torch.from_numpy(w).to(dtype=out.dtype, device=out.device),
+                bool(np.all(w == 1.0)),
+            )
+        return self._weights[key]  # type: ignore[no-any-return]
+
+    def _add_run(self, out: torch.Tensor, p: torch.Tensor, first: int, length: int) -> None:
+        d = self.tiling.ndim
+        c = out.shape[1]
+        sn, sc, *ss = out.stride()
+        perm = [0, d + 1]
+        for ax in range(d):
+            perm += [1 + ax, d + 2 + ax]
+        pos = 0
+        for lo, hi in contiguous_boxes(first, first + length, (self.n, *self.tiling.counts)):
+            box = tuple(b - a for a, b in zip(lo, hi, strict=True))
+            count = math.prod(box)
+            block = p[pos : pos + count].view(*box, c, *self.tiling.window)
+            pos += count
+            pieces = [self.plan.pieces(ax, lo[ax + 1], hi[ax + 1]) for ax in range(d)]
+            for combo in itertools.product(*pieces):
+                self._apply(out, block, lo, combo, perm, (sn, sc, ss))
+
+    def _apply(
+        self,
+        out: torch.Tensor,
+        block: torch.Tensor,
+        lo: tuple[int, ...],
+        combo: tuple[AxisPiece, ...],
+        perm: list[int],
+        strides: tuple[int, int, list[int]],
+    ) -> None:
+        sn, sc, ss = strides
+        size = [block.shape[0], out.shape[1]]
+        stride = [sn, sc]
+        offset = out.storage_offset() + lo[0] * sn
+        idx: list[slice] = [slice(None)]
+        local: list[slice] = []
+        for ax, pc in enumerate(combo):
+            a = pc.first - lo[ax + 1]
+            idx.append(slice(a, a + (pc.count - 1) * pc.gstride + 1, pc.gstride))
+            local.append(slice(pc.lo, pc.hi))
+            size += [pc.count, pc.hi - pc.lo]
+            stride += [pc.vstride * ss[ax], ss[ax]]
+            offset += (pc.vstart + pc.lo) * ss[ax]
+        view = out.as_strided(size, stride, offset)
+        src = block[(*idx, slice(None), *local)].permute(perm)
+        w, is_one = self._weight(tuple(pc.sig for pc in combo), out)
+        if is_one:
+            if self.plan.partition:
+                view.copy_(src)
+            else:
+                view.add_(src)
+            return
+        wv = w.view([1, 1, *itertools.chain.from_iterable((1, n) for n in w.shape)])
+        if self.plan.partition:
+            torch.mul(src, wv, out=view)
+        else:
+            view.addcmul_(src, wv)
+
+    def result(self, *, check_finite: bool = True) -> torch.Tensor:
+        """The stitched ``(N, C, *shape)`` array; raises if a window is missing or non-finite."""
+        missing = self.missing
+        if len(missing) or self._out is None:
+            shown = ", ".join(str(int(i)) for i in missing[:5])
+            raise MissingWindowError(
+                message(
+                    "stitch",
+                    expected=f"all {len(self._seen)} windows added",
+                    received=f"{len(missing)} missing (windows {shown}"
+                    f"{', ...' if len(missing) > 5 else ''})",
+                    fix="add the missing windows before asking for the result",
+                )
+            )
+        out = self._out
+        if check_finite and out.numel():
+            lo, hi = torch.aminmax(out)
+            if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+                self._raise_non_finite(out)
+        return out
+
+    def _raise_non_finite(self, out: torch.Tensor) -> None:
+        bad = torch.nonzero(~torch.isfinite(out))[0].tolist()
+        n, c, voxel = bad[0], bad[1], tuple(bad[2:])
+        wins = [n * len(self.tiling) + i for i in self.tiling.windows_containing(voxel)]
+        value = out[tuple(bad)].item()
+        raise NonFiniteError(
+            message(
+                "window outputs",
+                expected="finite values",
+                received=f"{value} at (n={n}, c={c}, voxel={voxel}), which comes from window(s) "
+                f"{wins} ({len(self.tiling)} windows per image)",
+                fix="check the model on those windows (inputs, normalisation, AMP overflow)",
+            )
+        )
+
+
+def stitch(
+    patches: Any,
+    tiling: Tiling,
+    blend: Blend | None = None,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    out: torch.Tensor | None = None,
+) -> Any:
+    """Stitch all window outputs ``(N * len(tiling), C, *window)``, in window order, in one call.
+
+    Returns ``(N, C, *tiling.shape)`` (numpy in, numpy out). Default blend: uniform.
+
+    Examples
+    --------
+    >>> import torch, tilewise as tw
+    >>> x = torch.rand(2, 1, 50, 40)
+    >>> t = tw.Tiling((50, 40), window=16, step=12)
+    >>> y = tw.stitch(tw.extract(x, t), t, blend=tw.blend.hann())
+    >>> torch.allclose(y, x)
+    True
+    """
+    p, from_numpy = as_tensor(patches, "patches")
+    total = p.shape[0] if p.ndim else 0
+    if p.ndim == 0 or total == 0 or total % len(tiling):
+        raise ShapeMismatchError(
+            message(
+                "patches",
+                expected=f"N * {len(tiling)} windows (the tiling's window count per image)",
+                received=f"{total} windows",
+                fix="pass every window output in order, or use Stitcher to add them in batches",
+            )
+        )
+    st = Stitcher(tiling, n=total // len(tiling), blend=blend, dtype=dtype, device=device, out=out)
+    st.add(p, range(total))
+    res = st.result()
+    return res.numpy() if from_numpy and res.device.type == "cpu" else res
