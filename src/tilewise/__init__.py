@@ -26,16 +26,28 @@ from tilewise._errors import (
 )
 from tilewise._extract import extract, extract_batches
 from tilewise._geometry import Tiling, Window
+from tilewise._sampling import (
+    CleanReport,
+    CleanResult,
+    PatchDataset,
+    RandomWindows,
+    clean,
+    count_labeled,
+)
 from tilewise._stitch import Stitcher, stitch
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CleanReport",
+    "CleanResult",
     "CoverageError",
     "MissingWindowError",
     "NonFiniteError",
     "ParameterError",
     "ParameterTypeError",
+    "PatchDataset",
+    "RandomWindows",
     "ShapeMismatchError",
     "Stitcher",
     "TilewiseError",
@@ -43,6 +55,8 @@ __all__ = [
     "Window",
     "__version__",
     "blend",
+    "clean",
+    "count_labeled",
     "extract",
     "extract_batches",
     "stitch",
