@@ -6,6 +6,10 @@ first_touch: ``torch.empty(n).fill_(1)`` into freshly allocated memory (a large 
       fresh mmap, so every page is faulted in); rate = bytes written / time (allocation included).
 fresh_copy: ``torch.empty(n).copy_(src)`` into fresh memory; (read + written) / time, for reference.
 Each is the median of ``reps`` measurements after one untimed warm-up.
+omp_region_us: median time of one small multi-threaded torch op (x * 2 on 64 Ki floats), i.e.
+      the cost of entering an OpenMP parallel region. A few tens of microseconds on an idle
+      machine; milliseconds mean the cores are contended and every batched contender pays that
+      per torch call, so the timings of that run are not trustworthy.
 
 Usage: python bench/bandwidth.py [--mib 512] [--reps 5] [--json OUT]
 """
@@ -51,6 +55,14 @@ def measure(mib: int = 512, reps: int = 5) -> dict:
         t.copy_(src)
         del t
 
+    small = torch.rand(1 << 16)
+    region = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        small.mul(2.0)
+        region.append(time.perf_counter() - t0)
+    del small
+
     copy_gbps, copy_all = _median_rate(copy, 2 * nb, reps)
     ft_gbps, ft_all = _median_rate(first_touch, nb, reps)
     fc_gbps, fc_all = _median_rate(fresh_copy, 2 * nb, reps)
@@ -61,6 +73,7 @@ def measure(mib: int = 512, reps: int = 5) -> dict:
         "copy_GBps": copy_gbps,
         "first_touch_GBps": ft_gbps,
         "fresh_copy_GBps": fc_gbps,
+        "omp_region_us": statistics.median(region) * 1e6,
         "copy_all": copy_all,
         "first_touch_all": ft_all,
         "fresh_copy_all": fc_all,

@@ -2,6 +2,9 @@
 
 Usage: python bench/harness.py --workload a --contender naive [--quick] [--reps 3] --json OUT
 
+Several comma-separated workloads/contenders run one after the other in this one process (used
+by --quick runs to keep the smoke test short; RSS figures are then not from a fresh process).
+
 Per process: import the contender's modules, build the input, run the contender once on a
 tiny variant of the workload (warm-up: JIT compilation, first calls; timed separately), then
 ``reps`` timed runs at full size. Before each timed run the kernel's RSS high-water mark is
@@ -46,6 +49,20 @@ def reset_hwm() -> bool:
     except OSError:
         return False
     return True
+
+
+def cpu_ticks() -> tuple[float, float]:
+    """(busy seconds of all CPUs, steal seconds) since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(t) for t in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = v[0] + v[1] + v[2] + v[5] + v[6]  # user nice system irq softirq
+    return busy / hz, (v[7] if len(v) > 7 else 0) / hz
+
+
+def own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def make_input(wl: wls.Workload, seed: int = 0) -> torch.Tensor:
@@ -103,25 +120,18 @@ def run_once(c: cs.Contender, x: torch.Tensor, wl: wls.Workload) -> dict:
     }
     rec["check"] = check(res, x)
     del res
-    gc.collect()
     return rec
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workload", required=True)
-    ap.add_argument("--contender", required=True, choices=sorted(cs.CONTENDERS))
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--json", required=True, help="output JSON path")
-    args = ap.parse_args(argv)
-
-    wl = wls.get(args.workload, args.quick)
-    c = cs.CONTENDERS[args.contender]
+def run_contender(name: str, workload: str, quick: bool, reps: int) -> dict:
+    """Import, warm up and time one contender on one workload; never raises."""
+    wall0 = time.perf_counter()
+    wl = wls.get(workload, quick)
+    c = cs.CONTENDERS[name]
     rec: dict = {
-        "workload": args.workload,
+        "workload": workload,
         "contender": c.name,
-        "quick": args.quick,
+        "quick": quick,
         "shape": list(wl.shape),
         "window": list(wl.window),
         "step": list(wl.step),
@@ -129,6 +139,7 @@ def main(argv=None) -> int:
         "expected_windows": wls.n_windows(wl),
         "fused": c.fused,
         "torch_threads": torch.get_num_threads(),
+        "loadavg_before": loadavg(),
         "status": "error",
         "runs": [],
     }
@@ -137,6 +148,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         cs.setup(c.name)
         rec["import_s"] = time.perf_counter() - t0
+        gc.collect()
+        gc.freeze()  # imported modules are permanent: later collections scan only new objects
         rec["versions"] = versions(c)
         stage = "warm-up"
         ww = wl.warm_workload()
@@ -148,11 +161,20 @@ def main(argv=None) -> int:
         del wres, xw
         stage = "input"
         x = make_input(wl)
-        for i in range(args.reps):
+        busy0, steal0 = cpu_ticks()
+        own0, wall_t0 = own_cpu(), time.perf_counter()
+        for i in range(reps):
             stage = f"run {i + 1}"
             rec["runs"].append(run_once(c, x, wl))
             if not rec["runs"][-1]["check"]["ok"]:
                 break  # a wrong result is reported, not timed further
+        del x
+        busy1, steal1 = cpu_ticks()
+        span = time.perf_counter() - wall_t0
+        # CPU used by OTHER processes (and stolen by the hypervisor) while the runs went on,
+        # in cores: > 0.1 means the timings were disturbed.
+        rec["foreign_cores"] = max(0.0, (busy1 - busy0) - (own_cpu() - own0)) / span
+        rec["steal_cores"] = (steal1 - steal0) / span
         last = rec["runs"][-1]["check"]
         rec["status"] = "ok" if all(r["check"]["ok"] for r in rec["runs"]) else "WRONG"
         if rec["status"] == "WRONG":
@@ -163,9 +185,41 @@ def main(argv=None) -> int:
         rec["error"] = f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
         rec["error_stage"] = stage
         rec["traceback"] = traceback.format_exc()[-4000:]
+    rec["loadavg_after"] = loadavg()
     rec["maxrss_final"] = maxrss_bytes()
-    with open(args.json, "w") as f:
-        json.dump(rec, f, indent=1)
+    rec["wall_s"] = time.perf_counter() - wall0
+    return rec
+
+
+def loadavg() -> float | None:
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError):
+        return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", required=True, help="comma list (a,b,c)")
+    ap.add_argument("--contender", required=True, help="comma list")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--json", required=True, help="output JSON path (a list of records)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [c for c in args.contender.split(",") if c]
+    for n in names:
+        if n not in cs.CONTENDERS:
+            ap.error(f"unknown contender {n!r}")
+    out = []
+    for w in [w for w in args.workload.split(",") if w]:
+        for n in names:
+            out.append(run_contender(n, w, args.quick, args.reps))
+            with open(args.json, "w") as f:  # rewritten after each record: partial results survive
+                json.dump(out, f, indent=1)
     return 0
 
 

@@ -29,6 +29,7 @@ README = HERE / "README.md"
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
 MIB = 1 << 20
+CONTENDED = 0.15  # cores used by other processes during a record's timed runs
 
 
 def machine_info() -> dict:
@@ -59,18 +60,21 @@ def machine_info() -> dict:
     return info
 
 
-def run_child(
-    cmd: list[str], json_path: Path, timeout: float, env: dict
-) -> tuple[dict | None, str]:
+def run_child(cmd: list[str], json_path: Path, timeout: float, env: dict) -> tuple[object, str]:
+    """Run a child; return (its JSON, "") or (partial JSON or None, why it failed)."""
+    why = ""
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        if p.returncode != 0:
+            tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+            why = f"process died rc={p.returncode}: {' | '.join(tail)}"[:300]
     except subprocess.TimeoutExpired:
-        return None, f"timeout after {timeout:.0f} s"
+        why = f"timeout after {timeout:.0f} s"
+    data = None
     if json_path.exists():
         with open(json_path) as f:
-            return json.load(f), ""
-    tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
-    return None, f"process died rc={p.returncode}: {' | '.join(tail)}"[:300]
+            data = json.load(f)
+    return data, why
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,9 +122,12 @@ def summarise(rec: dict, bound: float | None) -> dict:
         row["n_bad"] = max(r["check"]["n_bad"] or 0 for r in runs)
         row["peak"] = max(r["peak_rss"] for r in runs)
         row["base"] = runs[0]["base_rss"]
-        row["added"] = max(r["peak_rss"] - r["base_rss"] for r in runs)
+        row["added"] = max(0, *(r["peak_rss"] - r["base_rss"] for r in runs))
         if not all(r.get("hwm_reset") for r in runs):
             notes.append("RSS high-water could not be reset: peak includes warm-up")
+        contention = (rec.get("foreign_cores") or 0.0) + (rec.get("steal_cores") or 0.0)
+        if contention > CONTENDED:
+            notes.append(f"contended: other processes used {contention:.2f} cores")
         if any(r["check"].get("out_dtype") not in ("float32",) for r in runs):
             notes.append(f"out dtype {runs[0]['check'].get('out_dtype')}")
     row["warmup"] = rec.get("warmup_s")
@@ -154,7 +161,8 @@ def markdown(results: dict) -> str:
     m = results["machine"]
     lines.append(
         f"Run {results['started']} ({'QUICK sizes' if results['quick'] else 'full size'}), "
-        f"`{results['command']}`, {results['reps']} reps per fresh process."
+        f"`{results['command']}`, {results['reps']} reps per "
+        + ("fresh process." if results.get("processes") == "fresh" else "record, ONE process.")
     )
     lines.append("")
     lines.append(
@@ -178,6 +186,42 @@ def markdown(results: dict) -> str:
         )
     else:
         lines.append("Memory bandwidth: probe failed; no bound.")
+    lines.append("")
+    before = results.get("cpu_state_before", {})
+    after = results.get("cpu_state_after", {})
+    omp = bw.get("omp_region_us") if bw else None
+    lines.append(
+        f"CPU state: load average before {before.get('loadavg')}, after {after.get('loadavg')}"
+        + (f"; OpenMP parallel-region cost {omp:.0f} us" if omp is not None else "")
+        + "."
+    )
+    if omp is not None and omp > 1000:
+        lines.append("")
+        lines.append(
+            f"**Warning: a small multi-threaded torch op took {omp / 1000:.1f} ms (tens of us "
+            "on an idle machine): the cores were contended during this run, so every torch "
+            "call paid milliseconds and the timings below are not trustworthy.**"
+        )
+    worst = max(
+        (
+            (r.get("foreign_cores") or 0.0) + (r.get("steal_cores") or 0.0)
+            for wl in results["workloads"].values()
+            for r in wl["records"]
+        ),
+        default=0.0,
+    )
+    if worst > CONTENDED:
+        lines.append("")
+        lines.append(
+            f"**Warning: other processes used up to {worst:.2f} cores while contenders ran "
+            "(see `contended` notes); rerun on an idle machine for trustworthy timings.**"
+        )
+    if results.get("processes") == "one":
+        lines.append("")
+        lines.append(
+            "**All contenders ran in ONE process (`--processes one`, the --quick default): "
+            "RSS columns are per timed run (high-water reset) but not from a fresh process.**"
+        )
     lines.append("")
     lines.append(
         "| workload | windows | input | windows written | window outputs read "
@@ -257,6 +301,47 @@ def update_readme(text: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def cpu_state() -> dict:
+    out: dict = {}
+    try:
+        with open("/proc/loadavg") as f:
+            out["loadavg"] = [float(v) for v in f.read().split()[:3]]
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/proc/pressure/cpu") as f:
+            out["cpu_pressure_some_avg10"] = float(f.readline().split()[1].split("=")[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def error_record(w: str, c: str, wl: wls.Workload, err: str) -> dict:
+    return {
+        "workload": w,
+        "contender": c,
+        "status": "error",
+        "error": err,
+        "error_stage": "process",
+        "batch": wl.batch,
+        "expected_windows": wls.n_windows(wl),
+        "runs": [],
+    }
+
+
+def _progress(rec: dict, secs: float | None) -> None:
+    best = min((r["total"] for r in rec.get("runs", [])), default=None)
+    msg = rec["status"] + (f" best {best:.3f}s" if best is not None else "")
+    if rec["status"] != "ok":
+        msg += f" {rec.get('error', '')}"[:160]
+    took = f" ({secs:.1f}s)" if secs is not None else ""
+    print(
+        f"[bench] {rec['workload']} {rec['contender']:20s} {msg}{took}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
@@ -268,6 +353,14 @@ def main(argv=None) -> int:
         help="comma list, or 'all'; choices: " + ",".join(cs.CONTENDERS),
     )
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--processes",
+        choices=["auto", "fresh", "one"],
+        default="auto",
+        help="fresh: one process per (workload, contender); one: everything in one process "
+        "(fast smoke test; RSS not per fresh process); auto: one with --quick, else fresh",
+    )
     ap.add_argument("--timeout", type=float, default=None, help="seconds per process")
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument(
@@ -290,7 +383,8 @@ def main(argv=None) -> int:
         for c in cnames:
             if c not in cs.CONTENDERS:
                 ap.error(f"unknown contender {c!r}")
-    timeout = args.timeout or (120.0 if args.quick else 1800.0)
+    one = args.processes == "one" or (args.processes == "auto" and args.quick)
+    timeout = args.timeout or (300.0 if args.quick else 1800.0)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
@@ -301,32 +395,34 @@ def main(argv=None) -> int:
         [str(HERE), str(HERE.parent / "src"), env.get("PYTHONPATH", "")]
     ).rstrip(os.pathsep)
     py = sys.executable
-    cmd_line = "bash bench/run.sh" + ("".join(f" {a}" for a in (argv or sys.argv[1:])))
+    given = list(sys.argv[1:] if argv is None else argv)
+    cmd_line = " ".join(["bash bench/run.sh", *given])
+    common = ["--reps", str(args.reps)] + (["--quick"] if args.quick else [])
+    if args.threads:
+        common += ["--threads", str(args.threads)]
 
     results = {
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "command": cmd_line,
         "quick": args.quick,
         "reps": args.reps,
+        "processes": "one" if one else "fresh",
         "machine": machine_info(),
+        "cpu_state_before": cpu_state(),
         "workloads": {},
     }
 
     print("[bench] bandwidth probe ...", file=sys.stderr, flush=True)
     mib = args.bandwidth_mib or (64 if args.quick else 512)
     bw_json = tmp / "bandwidth.json"
-    bw, err = run_child(
-        [py, str(HERE / "bandwidth.py"), "--mib", str(mib), "--json", str(bw_json)],
-        bw_json,
-        timeout,
-        env,
-    )
+    bw_cmd = [py, str(HERE / "bandwidth.py"), "--mib", str(mib), "--json", str(bw_json)]
+    bw, err = run_child(bw_cmd, bw_json, timeout, env)
     if bw is None:
         print(f"[bench] bandwidth probe failed: {err}", file=sys.stderr)
     else:
         print(
             f"[bench]   copy {bw['copy_GBps']:.2f} GB/s, first touch "
-            f"{bw['first_touch_GBps']:.2f} GB/s",
+            f"{bw['first_touch_GBps']:.2f} GB/s, OpenMP region {bw['omp_region_us']:.0f} us",
             file=sys.stderr,
         )
     results["bandwidth"] = bw
@@ -334,7 +430,7 @@ def main(argv=None) -> int:
     for w in wnames:
         wl = wls.get(w, args.quick)
         bound = wls.bound_seconds(wl, bw["copy_GBps"], bw["first_touch_GBps"]) if bw else None
-        entry = {
+        results["workloads"][w] = {
             "description": wl.description,
             "shape": list(wl.shape),
             "window": list(wl.window),
@@ -345,43 +441,40 @@ def main(argv=None) -> int:
             "bound_s": bound,
             "records": [],
         }
-        results["workloads"][w] = entry
-        for c in cnames:
-            jp = tmp / f"{w}-{c}.json"
-            cmd = [py, str(HERE / "harness.py"), "--workload", w, "--contender", c]
-            cmd += ["--reps", str(args.reps), "--json", str(jp)]
-            if args.quick:
-                cmd.append("--quick")
-            t0 = time.perf_counter()
-            rec, err = run_child(cmd, jp, timeout, env)
-            if rec is None:
-                rec = {
-                    "workload": w,
-                    "contender": c,
-                    "status": "error",
-                    "error": err,
-                    "error_stage": "process",
-                    "batch": wl.batch,
-                    "expected_windows": wls.n_windows(wl),
-                    "runs": [],
-                }
-            entry["records"].append(rec)
-            best = min((r["total"] for r in rec.get("runs", [])), default=None)
-            msg = rec["status"] + (f" best {best:.3f}s" if best is not None else "")
-            if rec["status"] != "ok":
-                msg += f" {rec.get('error', '')}"[:160]
-            print(
-                f"[bench] {w} {c:20s} {msg} ({time.perf_counter() - t0:.1f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
+
+    harness = [py, str(HERE / "harness.py")]
+    if one:
+        jp = tmp / "all.json"
+        cmd = [*harness, "--workload", ",".join(wnames), "--contender", ",".join(cnames)]
+        t0 = time.perf_counter()
+        recs, err = run_child([*cmd, *common, "--json", str(jp)], jp, timeout, env)
+        got = {(r["workload"], r["contender"]): r for r in recs or []}
+        for w in wnames:
+            wl = wls.get(w, args.quick)
+            for c in cnames:
+                rec = got.get((w, c)) or error_record(w, c, wl, err or "not run")
+                results["workloads"][w]["records"].append(rec)
+                _progress(rec, None)
+        print(f"[bench] one process: {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    else:
+        for w in wnames:
+            wl = wls.get(w, args.quick)
+            for c in cnames:
+                jp = tmp / f"{w}-{c}.json"
+                cmd = [*harness, "--workload", w, "--contender", c, *common, "--json", str(jp)]
+                t0 = time.perf_counter()
+                recs, err = run_child(cmd, jp, timeout, env)
+                rec = recs[0] if recs else error_record(w, c, wl, err)
+                results["workloads"][w]["records"].append(rec)
+                _progress(rec, time.perf_counter() - t0)
+    results["cpu_state_after"] = cpu_state()
 
     md = markdown(results)
     (out_dir / f"{stamp}.json").write_text(json.dumps(results, indent=1))
     (out_dir / f"{stamp}.md").write_text(md)
     full_set = set(wnames) == set(wls.FULL) and set(cnames) == set(cs.CONTENDERS)
     upd = args.update_readme == "yes" or (
-        args.update_readme == "auto" and not args.quick and full_set
+        args.update_readme == "auto" and not args.quick and full_set and not one
     )
     if upd:
         update_readme(md)
