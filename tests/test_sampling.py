@@ -302,3 +302,18 @@ def test_dataset_errors():
         tw.PatchDataset(img, lab, tiling=t, flip_axes=[2])
     with pytest.raises(tw.ParameterTypeError, match="an array"):
         tw.PatchDataset("img.npy", tiling=t)
+
+
+def test_dataset_reads_zarr_lazily(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    img, lab, t = hand_volume()
+    zimg = zarr.create_array(tmp_path / "i.zarr", shape=img.shape, chunks=(1, 1, 6, 6), dtype="f4")
+    zimg[:] = img
+    zlab = zarr.create_array(tmp_path / "l.zarr", shape=lab.shape, chunks=(1, 6, 6), dtype="i2")
+    zlab[:] = lab
+    ds = tw.PatchDataset(zimg, zlab, tiling=t, border=1)
+    ref = tw.PatchDataset(img, lab, tiling=t, border=1)
+    clone = pickle.loads(pickle.dumps(ds))
+    for k in (0, 4, 8):
+        assert torch.equal(clone[k]["image"], ref[k]["image"])
+        assert torch.equal(clone[k]["labels"], ref[k]["labels"])

@@ -12,19 +12,25 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from tilewise._alloc import host_empty
 from tilewise._errors import ParameterError, ParameterTypeError, ShapeMismatchError, message
+from tilewise._geometry import Tiling
 from tilewise._weights import AxisPlan, contiguous_boxes, index_runs
 
-if TYPE_CHECKING:
-    from tilewise._geometry import Tiling
-
-__all__ = ["Indices", "as_tensor", "axis_plans", "extract", "extract_batches", "resolve_indices"]
+__all__ = [
+    "Indices",
+    "as_tensor",
+    "axis_plans",
+    "check_tiling",
+    "extract",
+    "extract_batches",
+    "resolve_indices",
+]
 
 Indices = int | slice | range | Sequence[int] | np.ndarray | torch.Tensor | None
 
@@ -40,15 +46,30 @@ def axis_plans(tiling: Tiling) -> tuple[AxisPlan, ...]:
     )
 
 
-def as_tensor(x: Any, what: str) -> tuple[torch.Tensor, bool]:
-    """View ``x`` as a torch tensor without copying; also say whether it came from numpy."""
+def as_tensor(x: Any, what: str, *, writable: bool = False) -> tuple[torch.Tensor, bool]:
+    """View ``x`` as a torch tensor without copying; also say whether it came from numpy.
+
+    Inputs that torch cannot view (big-endian, negative strides) are copied; a ``writable``
+    target (an ``out=`` buffer) must be viewable as it is, or the writes would be lost.
+    """
     if isinstance(x, torch.Tensor):
         return x, False
     if isinstance(x, np.ndarray):
         arr = x
-        if not arr.dtype.isnative:
-            arr = arr.astype(arr.dtype.newbyteorder("="))
-        with warnings.catch_warnings():  # read-only memmaps: we never write through this view
+        viewable = arr.dtype.isnative and all(st >= 0 for st in arr.strides)
+        if writable and not (viewable and arr.flags.writeable):
+            raise ParameterError(
+                message(
+                    what,
+                    expected="a writable, native-byte-order array with positive strides",
+                    received=f"dtype {arr.dtype}, writable={arr.flags.writeable}, "
+                    f"strides {arr.strides}",
+                    fix="pass a fresh buffer, e.g. np.empty(shape, dtype)",
+                )
+            )
+        if not viewable:
+            arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+        with warnings.catch_warnings():  # read-only memmaps: never written (checked above)
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             try:
                 return torch.from_numpy(arr), True
@@ -71,12 +92,52 @@ def as_tensor(x: Any, what: str) -> tuple[torch.Tensor, bool]:
     )
 
 
+def check_tiling(tiling: Any) -> Tiling:
+    """``tiling`` itself, or a clear error if it is not a :class:`Tiling`."""
+    if not isinstance(tiling, Tiling):
+        raise ParameterTypeError(
+            message(
+                "tiling",
+                expected="a tilewise.Tiling",
+                received=type(tiling).__name__,
+                fix="build one with tw.Tiling(x.shape[2:], window=..., step=...)",
+            )
+        )
+    return tiling
+
+
+def _check_pad_value(tiling: Tiling, dtype: torch.dtype) -> None:
+    v = tiling.pad_value
+    if tiling.pad != "constant" or dtype.is_floating_point or dtype.is_complex:
+        return
+    lo, hi = (0, 1) if dtype == torch.bool else (torch.iinfo(dtype).min, torch.iinfo(dtype).max)
+    if not (math.isfinite(v) and v == int(v) and lo <= v <= hi):
+        raise ParameterError(
+            message(
+                "pad_value",
+                expected=f"a whole number in [{lo}, {hi}] for {dtype} data",
+                received=repr(v),
+                fix="choose a pad_value the array's dtype can hold",
+            )
+        )
+
+
 def resolve_indices(indices: Indices, total: int) -> tuple[list[tuple[int, int, int]], int]:
     """Turn an index spec into runs ``(position, first, length)`` and the number of windows."""
     if indices is None:
         return ([(0, 0, total)] if total else []), total
     if isinstance(indices, slice):
-        indices = range(*indices.indices(total))
+        try:
+            indices = range(*indices.indices(total))
+        except TypeError:
+            raise ParameterTypeError(
+                message(
+                    "indices",
+                    expected="a slice of ints",
+                    received=repr(indices),
+                    fix="use e.g. slice(0, 8)",
+                )
+            ) from None
     if isinstance(indices, range) and indices.step == 1:
         if len(indices) and (indices.start < 0 or indices.stop > total):
             raise ParameterError(
@@ -106,7 +167,6 @@ def resolve_indices(indices: Indices, total: int) -> tuple[list[tuple[int, int, 
                 fix="pass flat window indices as ints",
             )
         )
-    arr = arr.astype(np.int64, copy=False)
     if arr.size and (arr.min() < 0 or arr.max() >= total):
         bad = int(arr[(arr < 0) | (arr >= total)][0])
         raise ParameterError(
@@ -117,7 +177,7 @@ def resolve_indices(indices: Indices, total: int) -> tuple[list[tuple[int, int, 
                 fix="index windows as n * len(tiling) + window index",
             )
         )
-    return index_runs(arr), int(arr.size)
+    return index_runs(arr.astype(np.int64, copy=False)), int(arr.size)
 
 
 def _pad_maps(tiling: Tiling) -> list[tuple[int, int, int, np.ndarray | None]]:
@@ -218,14 +278,16 @@ def extract(
     >>> tw.extract(x, tw.Tiling((10,), window=4, step=3))[:, 0].tolist()
     [[0.0, 1.0, 2.0, 3.0], [3.0, 4.0, 5.0, 6.0], [6.0, 7.0, 8.0, 9.0]]
     """
+    check_tiling(tiling)
     t, from_numpy = as_tensor(x, "x")
     tiling.check_array_shape(t.shape, "x")
+    _check_pad_value(tiling, t.dtype)
     runs, count = resolve_indices(indices, t.shape[0] * len(tiling))
     shape = (count, t.shape[1], *tiling.window)
     if out is None:
         buf, _ = host_empty(shape, t.dtype, t.device)
     else:
-        buf, _ = as_tensor(out, "out")
+        buf, _ = as_tensor(out, "out", writable=True)
         if tuple(buf.shape) != shape or buf.dtype != t.dtype or buf.device != t.device:
             raise ShapeMismatchError(
                 message(
@@ -267,7 +329,12 @@ def extract_batches(
     >>> [(r, tuple(b.shape)) for r, b in tw.extract_batches(torch.zeros(1, 2, 8, 8), t, 3)]
     [(range(0, 3), (3, 2, 4, 4)), (range(3, 4), (1, 2, 4, 4))]
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    check_tiling(tiling)
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
         raise ParameterError(
             message(
                 "batch_size",
@@ -280,6 +347,7 @@ def extract_batches(
     tiling.check_array_shape(t.shape, "x")
     total = t.shape[0] * len(tiling)
     buf: torch.Tensor | None = None
+    batch_size = int(batch_size)
     for start in range(0, total, batch_size):
         r = range(start, min(start + batch_size, total))
         if reuse:

@@ -139,12 +139,17 @@ class Window:
         (10.0, 8.0)
         """
         ndim = len(self.start)
-        if len(voxel_size) != ndim or (origin is not None and len(origin) != ndim):
+        sizes: object = voxel_size
+        if (
+            not isinstance(sizes, Sequence | np.ndarray)
+            or len(voxel_size) != ndim
+            or (origin is not None and len(origin) != ndim)
+        ):
             raise ParameterError(
                 message(
                     "voxel_size/origin",
                     expected=f"{ndim} values each (one per tiled axis)",
-                    received=f"voxel_size={tuple(voxel_size)!r}, origin={origin!r}",
+                    received=f"voxel_size={voxel_size!r}, origin={origin!r}",
                     fix="give one value per tiled axis",
                 )
             )
@@ -166,7 +171,8 @@ class Tiling:
         Window size, one int for every axis or one per axis.
     step
         Distance between window starts, one int or one per axis. A step larger than the window
-        is allowed for extraction (sparse sampling); stitching refuses such a plan.
+        is allowed for extraction (sparse sampling); stitching refuses a plan that leaves
+        voxels uncovered.
     pad
         ``None`` (default): an axis shorter than its window is an error. ``"reflect"``,
         ``"constant"`` or ``"replicate"``: such an axis is padded virtually, symmetrically, to
@@ -197,7 +203,11 @@ class Tiling:
         pad_value: float = 0.0,
     ) -> None:
         given: object = shape  # checked at run time: callers may pass anything
-        if isinstance(given, str) or not isinstance(given, Sequence | np.ndarray):
+        if (
+            isinstance(given, str)
+            or not isinstance(given, Sequence | np.ndarray)
+            or np.ndim(given) != 1
+        ):
             raise ParameterTypeError(
                 message(
                     "shape",
@@ -403,6 +413,15 @@ class Tiling:
         [0, 1]
         """
         v = as_axis_ints(list(voxel), self.ndim, "voxel", minimum=0)
+        if any(p >= s for p, s in zip(v, self._shape, strict=True)):
+            raise ParameterError(
+                message(
+                    "voxel",
+                    expected=f"a voxel inside the array {self._shape}",
+                    received=str(v),
+                    fix="use coordinates below the array shape",
+                )
+            )
         per_axis = [
             np.flatnonzero((a <= p) & (p < a + w))
             for a, p, w in zip(self._axis_starts, v, self._window, strict=True)

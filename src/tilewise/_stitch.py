@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,20 +26,49 @@ from tilewise._errors import (
     ShapeMismatchError,
     message,
 )
-from tilewise._extract import Indices, as_tensor, resolve_indices
-from tilewise._geometry import Tiling
+from tilewise._extract import Indices, as_tensor, check_tiling, resolve_indices
 from tilewise._weights import AxisPiece, WeightPlan, contiguous_boxes
 from tilewise.blend import Blend, uniform
+
+if TYPE_CHECKING:
+    from tilewise._geometry import Tiling
 
 __all__ = ["Stitcher", "stitch", "weight_plan"]
 
 _ACC_DTYPES = {torch.float32: torch.float32, torch.float64: torch.float64}
+_INT_DTYPES = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
 
 
 @lru_cache(maxsize=32)
 def weight_plan(tiling: Tiling, blend: Blend) -> WeightPlan:
     """The blend bound to the tiling (cached)."""
     return WeightPlan(tiling, blend)
+
+
+def _as_device(device: Any) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ParameterError(
+            message(
+                "device",
+                expected="a torch device such as 'cpu' or 'cuda:0'",
+                received=repr(device),
+                fix="pass device='cpu' or device='cuda'",
+            )
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(
+            message(
+                "device",
+                expected="a device this machine has",
+                received=f"{device!r}, but torch sees no CUDA device",
+                fix="use device='cpu' (or install a CUDA build of torch on a GPU machine)",
+            )
+        )
+    return dev
 
 
 def _acc_dtype(dtype: Any) -> torch.dtype | None:
@@ -100,19 +129,16 @@ class Stitcher:
         device: torch.device | str | None = None,
         out: torch.Tensor | None = None,
     ) -> None:
-        if not isinstance(tiling, Tiling):
+        check_tiling(tiling)
+        if isinstance(n, bool) or not isinstance(n, int | np.integer):
             raise ParameterTypeError(
-                message(
-                    "tiling",
-                    expected="a tilewise.Tiling",
-                    received=type(tiling).__name__,
-                    fix="build one with tw.Tiling(shape, window=..., step=...)",
-                )
+                message("n", expected="an int", received=repr(n), fix="pass n=x.shape[0]")
             )
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if n < 1:
             raise ParameterError(
                 message("n", expected="a positive int", received=repr(n), fix="pass n=x.shape[0]")
             )
+        n = int(n)
         blend = uniform() if blend is None else blend
         if not isinstance(blend, Blend):
             raise ParameterTypeError(
@@ -126,7 +152,7 @@ class Stitcher:
         self.tiling, self.n, self.blend = tiling, n, blend
         self.plan = weight_plan(tiling, blend)  # validates coverage now, before any work
         self._dtype = _acc_dtype(dtype)
-        self._device = torch.device(device) if device is not None else None
+        self._device = _as_device(device)
         self._seen = np.zeros(n * len(tiling), dtype=bool)
         self._weights: dict[tuple[tuple[int, ...], torch.dtype, torch.device], Any] = {}
         self._out: torch.Tensor | None = None
@@ -200,16 +226,22 @@ class Stitcher:
                     fix="pass one (C, *window) output per index, in the same order",
                 )
             )
-        if p.is_complex() or p.dtype == torch.bool:
+        if (
+            p.is_complex()
+            or p.dtype == torch.bool
+            or not (p.dtype.is_floating_point or p.dtype in _INT_DTYPES)
+        ):
             raise ParameterTypeError(
                 message(
                     "patches",
-                    expected="real-valued window outputs",
+                    expected="real-valued window outputs (float or integer)",
                     received=str(p.dtype),
                     fix="convert with patches.float()",
                 )
             )
-        self._check_new(runs)
+        if count == 0:
+            return
+        flat = self._check_new(runs)
         out = self._output(p)
         if p.shape[1] != out.shape[1]:
             raise ShapeMismatchError(
@@ -221,28 +253,42 @@ class Stitcher:
                 )
             )
         if p.device != out.device:
-            p = p.to(out.device, non_blocking=True)
+            # non_blocking only towards a GPU: the stream orders the copy before the adds. A
+            # GPU -> host copy must have landed before the CPU reads it.
+            p = p.to(out.device, non_blocking=out.device.type == "cuda")
         if not p.is_contiguous():
             p = p.contiguous()
+        self._weights_for_all(flat)
         for pos, first, length in runs:
             self._add_run(out, p[pos : pos + length], first, length)
-        for _pos, first, length in runs:
             self._seen[first : first + length] = True
 
-    def _check_new(self, runs: list[tuple[int, int, int]]) -> None:
-        marks = np.zeros(len(self._seen), dtype=np.int32)
-        for _pos, first, length in runs:
-            marks[first : first + length] += 1
-        twice = np.flatnonzero((marks > 1) | ((marks > 0) & self._seen))
-        if len(twice):
+    def _check_new(self, runs: list[tuple[int, int, int]]) -> np.ndarray:
+        """The flat indices of a batch; raises if one was added before or appears twice."""
+        flat = np.concatenate([np.arange(f, f + n) for _, f, n in runs])
+        seen = flat[self._seen[flat]]
+        if not len(seen):
+            uniq, counts = np.unique(flat, return_counts=True)
+            seen = uniq[counts > 1]
+        if len(seen):
             raise MissingWindowError(
                 message(
                     "indices",
                     expected="each window added once",
-                    received=f"window {int(twice[0])} added twice ({len(twice)} such windows)",
+                    received=f"window {int(seen[0])} added twice ({len(seen)} such windows)",
                     fix="add every window exactly once; start a new Stitcher to redo a run",
                 )
             )
+        return flat
+
+    def _weights_for_all(self, flat: np.ndarray) -> None:
+        """Compute (and so validate) the weights of these windows before anything is written."""
+        if self.plan.blend.separable:
+            return
+        grid = np.unravel_index(flat % len(self.tiling), self.tiling.counts)
+        sigs = np.stack([ax.sig[g] for ax, g in zip(self.plan.axes, grid, strict=True)], 1)
+        for combo in {tuple(int(v) for v in row) for row in sigs}:
+            self.plan.weight(combo)
 
     def _output(self, p: torch.Tensor) -> torch.Tensor:
         if self._out is None:
@@ -259,10 +305,7 @@ class Stitcher:
         key = (sigs, out.dtype, out.device)
         if key not in self._weights:
             w = self.plan.weight(sigs)
-            crop = tuple(
-                slice(*self.plan.support(ax, s)) if self.plan.blend.separable else slice(None)
-                for ax, s in enumerate(sigs)
-            )
+            crop = tuple(slice(*self.plan.support(ax, s)) for ax, s in enumerate(sigs))
             w = np.ascontiguousarray(w[crop])
             self._weights[key] = (
                 torch.from_numpy(w).to(dtype=out.dtype, device=out.device),
@@ -383,6 +426,7 @@ def stitch(
     >>> torch.allclose(y, x)
     True
     """
+    check_tiling(tiling)
     p, from_numpy = as_tensor(patches, "patches")
     total = p.shape[0] if p.ndim else 0
     if p.ndim == 0 or total == 0 or total % len(tiling):

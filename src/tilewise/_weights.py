@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from tilewise._geometry import Tiling
     from tilewise.blend import Blend
 
+MAX_EAGER_COMBOS = 512  # N-D custom blends: weights prepared up front up to this many kinds
+
 __all__ = ["AxisPiece", "AxisPlan", "WeightPlan", "contiguous_boxes", "index_runs"]
 
 
@@ -199,6 +201,10 @@ class WeightPlan:
             self.partition = False
         self._nd_cache: dict[tuple[int, ...], np.ndarray] = {}
         self.pieces = lru_cache(maxsize=4096)(self._pieces)
+        combos = math.prod(len(plan.rep) for plan in self.axes)
+        if not blend.separable and combos <= MAX_EAGER_COMBOS:
+            for sigs in np.ndindex(*(len(plan.rep) for plan in self.axes)):
+                self.weight(tuple(int(v) for v in sigs))  # refuse a bad plan before any work
 
     # -- separable blends ------------------------------------------------------------------------
     def _axis_profiles(self, ax: int) -> list[np.ndarray]:

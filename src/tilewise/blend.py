@@ -151,11 +151,17 @@ class _Border(Blend):
     def check(self, window: Sequence[int]) -> None:
         for ax, n in enumerate(window):
             b = _per_axis(self.width, ax, "border width")
-            if 2 * b > n:
+            if 2 * b > n or (self.weight == 0 and 2 * b >= n):
+                limit = n // 2 if self.weight else (n - 1) // 2
                 raise ParameterError(
                     message(
                         "border width",
-                        expected=f"at most half the window ({n // 2} on axis {ax})",
+                        expected=f"at most half the window ({limit} on axis {ax}"
+                        + (
+                            ", leaving a core, as the border weight is 0)"
+                            if not self.weight
+                            else ")"
+                        ),
                         received=f"border {b} with window {n}",
                         fix="use a narrower border or a larger window",
                     )
@@ -250,7 +256,7 @@ class _Custom(Blend):
     def __init__(self, weights: Any, edge_aware: bool) -> None:
         self.edge_aware = bool(edge_aware)
         if (
-            isinstance(weights, Sequence)
+            isinstance(weights, list | tuple)
             and all(np.ndim(w) == 1 for w in weights)
             and (len(weights) > 0 and not np.isscalar(weights[0]))
         ):
@@ -350,7 +356,8 @@ class _Custom(Blend):
     def _key(self) -> tuple[object, ...]:
         data = self.per_axis if self.per_axis is not None else (self.array,)
         digest = tuple((a.shape, a.tobytes()) for a in data if a is not None)
-        return ("Custom", digest, self.edge_aware)
+        mode = "per-axis" if self.array is None else f"{self.array.ndim}-d"
+        return ("Custom", mode, digest, self.edge_aware)
 
     def __repr__(self) -> str:
         shape = (
@@ -411,8 +418,9 @@ def hann() -> Blend:
 
 
 def custom(weights: Any, *, edge_aware: bool = True) -> Blend:
-    """User weights: one 1-D profile for every axis, a sequence of per-axis 1-D profiles, or an
-    N-D array of the window's shape (not separable: slower to prepare, same stitching speed).
+    """User weights: one 1-D profile for every axis, a list/tuple of per-axis 1-D profiles, or an
+    N-D numpy array of the window's shape (not separable: slower to prepare, same stitching
+    speed). A nested list is read as per-axis profiles; pass ``np.array(...)`` for N-D weights.
 
     With ``edge_aware=True`` the weights are held flat at their centre value on sides that touch
     the array edge, like the built-in blends; with ``False`` they are used exactly as given (and
