@@ -549,3 +549,36 @@ def test_cuda_device_refused_without_cuda():
 def test_numpy_integer_counts_are_accepted():
     assert tw.Stitcher(T20, n=np.int64(2)).n == 2
     assert len(list(tw.extract_batches(torch.ones(1, 1, 20), T20, np.int64(3)))) == 2
+
+
+@given(t=tilings(max_axes=3), data=st.data())
+def test_a_region_is_exactly_that_part_of_the_whole(t, data):
+    blend = data.draw(blends(t.window))
+    region = []
+    for s in t.shape:
+        a = data.draw(st.integers(0, s - 1))
+        region.append((a, data.draw(st.integers(a + 1, s))))
+    patches = torch.rand(2 * len(t), 2, *t.window, dtype=torch.float64)
+    whole = tw.stitch(patches, t, blend=blend)
+    part = tw.Stitcher(t, n=2, blend=blend, region=region)
+    needed = part.needed
+    assert set(needed.tolist()) <= set(range(2 * len(t)))
+    part.add(patches[needed], needed)
+    sl = tuple(slice(a, b) for a, b in region)
+    torch.testing.assert_close(
+        part.result(), whole[(slice(None), slice(None), *sl)], rtol=0, atol=0
+    )
+
+
+def test_region_ignores_other_windows_and_checks_its_own():
+    t = tw.Tiling((40,), window=10, step=5)
+    s = tw.Stitcher(t, region=[(0, 12)])
+    assert s.needed.tolist() == [0, 1, 2]
+    s.add(torch.ones(len(t), 1, 10), range(len(t)))  # windows outside are accepted, ignored
+    assert s.result().shape == (1, 1, 12)
+    s2 = tw.Stitcher(t, region=[(0, 12)])
+    s2.add(torch.ones(1, 1, 10), [0])
+    with pytest.raises(tw.MissingWindowError, match="windows 1, 2"):
+        s2.result()
+    with pytest.raises(tw.ParameterError, match="start, stop"):
+        tw.Stitcher(t, region=[(5, 50)])

@@ -27,8 +27,10 @@ __all__ = [
     "as_tensor",
     "axis_plans",
     "check_tiling",
+    "copy_box",
     "extract",
     "extract_batches",
+    "fill_padding",
     "resolve_indices",
 ]
 
@@ -202,7 +204,7 @@ def _pad_maps(tiling: Tiling) -> list[tuple[int, int, int, np.ndarray | None]]:
     return maps
 
 
-def _fill_padding(out: torch.Tensor, tiling: Tiling) -> None:
+def fill_padding(out: torch.Tensor, tiling: Tiling) -> None:
     for ax, before, after, src in _pad_maps(tiling):
         dim = 2 + ax
         w = out.shape[dim]
@@ -217,37 +219,54 @@ def _fill_padding(out: torch.Tensor, tiling: Tiling) -> None:
                 region.copy_(out.index_select(dim, idx))
 
 
-def _copy_run(x: torch.Tensor, tiling: Tiling, first: int, length: int, dst: torch.Tensor) -> None:
-    """Copy windows ``first .. first + length`` (flat over N and the grid) into ``dst``."""
+def copy_box(
+    x: torch.Tensor,
+    tiling: Tiling,
+    lo: tuple[int, ...],
+    hi: tuple[int, ...],
+    block: torch.Tensor,
+    origin: tuple[int, ...] | None = None,
+) -> None:
+    """Copy the windows of grid box ``[lo, hi)`` (first entry: the image ``n``) into ``block``.
+
+    ``block`` is laid out ``(n, *box counts, C, *window)``. ``x`` holds the array, or only a
+    region of it whose first voxel is at ``origin`` (``(n, *voxel)``; the region must contain
+    every window of the box).
+    """
     plans = axis_plans(tiling)
-    d = tiling.ndim
     c = x.shape[1]
     sn, sc, *ss = x.stride()
+    org = origin if origin is not None else (0,) * (1 + tiling.ndim)
+    segs = [plans[ax].extract_segments(lo[ax + 1], hi[ax + 1]) for ax in range(tiling.ndim)]
+    for combo in itertools.product(*segs):
+        size: list[int] = [hi[0] - lo[0]]
+        stride: list[int] = [sn]
+        offset = x.storage_offset() + (lo[0] - org[0]) * sn
+        g_idx: list[slice] = [slice(None)]
+        l_idx: list[slice] = []
+        local_size: list[int] = []
+        for ax, (k, cnt, vstart, vstride) in enumerate(combo):
+            plan = plans[ax]
+            vlo, vhi = int(plan.valid_lo[k]), int(plan.valid_hi[k])
+            size.append(cnt)
+            stride.append(vstride * ss[ax])
+            offset += (vstart + vlo - org[ax + 1]) * ss[ax]
+            g_idx.append(slice(k - lo[ax + 1], k - lo[ax + 1] + cnt))
+            l_idx.append(slice(vlo, vhi))
+            local_size.append(vhi - vlo)
+        src = x.as_strided((*size, c, *local_size), (*stride, sc, *ss), offset)
+        block[(*g_idx, slice(None), *l_idx)].copy_(src)
+
+
+def _copy_run(x: torch.Tensor, tiling: Tiling, first: int, length: int, dst: torch.Tensor) -> None:
+    """Copy windows ``first .. first + length`` (flat over N and the grid) into ``dst``."""
     pos = 0
     for lo, hi in contiguous_boxes(first, first + length, (x.shape[0], *tiling.counts)):
         box = tuple(b - a for a, b in zip(lo, hi, strict=True))
         count = math.prod(box)
-        block = dst[pos : pos + count].view(*box, c, *tiling.window)
+        block = dst[pos : pos + count].view(*box, x.shape[1], *tiling.window)
         pos += count
-        segs = [plans[ax].extract_segments(lo[ax + 1], hi[ax + 1]) for ax in range(d)]
-        for combo in itertools.product(*segs):
-            size: list[int] = [box[0]]
-            stride: list[int] = [sn]
-            offset = x.storage_offset() + lo[0] * sn
-            g_idx: list[slice] = [slice(None)]
-            l_idx: list[slice] = []
-            local_size: list[int] = []
-            for ax, (k, cnt, vstart, vstride) in enumerate(combo):
-                plan = plans[ax]
-                vlo, vhi = int(plan.valid_lo[k]), int(plan.valid_hi[k])
-                size.append(cnt)
-                stride.append(vstride * ss[ax])
-                offset += (vstart + vlo) * ss[ax]
-                g_idx.append(slice(k - lo[ax + 1], k - lo[ax + 1] + cnt))
-                l_idx.append(slice(vlo, vhi))
-                local_size.append(vhi - vlo)
-            src = x.as_strided((*size, c, *local_size), (*stride, sc, *ss), offset)
-            block[(*g_idx, slice(None), *l_idx)].copy_(src)
+        copy_box(x, tiling, lo, hi, block)
 
 
 def extract(
@@ -309,7 +328,7 @@ def extract(
     for p, first, length in runs:
         _copy_run(t, tiling, first, length, buf[p : p + length])
     if any(b or a for b, a in tiling.padding):
-        _fill_padding(buf, tiling)
+        fill_padding(buf, tiling)
     if out is not None:
         return out
     return buf.numpy() if from_numpy else buf

@@ -27,10 +27,12 @@ from tilewise._errors import (
     message,
 )
 from tilewise._extract import Indices, as_tensor, check_tiling, resolve_indices
-from tilewise._weights import AxisPiece, WeightPlan, contiguous_boxes
+from tilewise._weights import AxisPiece, WeightPlan, clip_pieces, contiguous_boxes
 from tilewise.blend import Blend, uniform
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from tilewise._geometry import Tiling
 
 __all__ = ["Stitcher", "stitch", "weight_plan"]
@@ -43,6 +45,27 @@ _INT_DTYPES = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
 def weight_plan(tiling: Tiling, blend: Blend) -> WeightPlan:
     """The blend bound to the tiling (cached)."""
     return WeightPlan(tiling, blend)
+
+
+def _check_region(region: Any, tiling: Tiling) -> tuple[tuple[int, int], ...]:
+    if region is None:
+        return tuple((0, s) for s in tiling.shape)
+    try:
+        box = tuple((int(a), int(b)) for a, b in region)
+    except (TypeError, ValueError):
+        box = ()
+    if len(box) != tiling.ndim or any(
+        not 0 <= a < b <= s for (a, b), s in zip(box, tiling.shape, strict=True)
+    ):
+        raise ParameterError(
+            message(
+                "region",
+                expected=f"{tiling.ndim} (start, stop) pairs inside the array {tiling.shape}",
+                received=repr(region),
+                fix="pass e.g. region=((0, 64), (128, 256)) with 0 <= start < stop <= size",
+            )
+        )
+    return box
 
 
 def _as_device(device: Any) -> torch.device | None:
@@ -107,6 +130,11 @@ class Stitcher:
         GPU may be stitched into host memory and vice versa.
     out
         A preallocated ``(N, C, *shape)`` float tensor to stitch into; it is overwritten.
+    region
+        Stitch only this box of the array, ``((start, stop), ...)`` per tiled axis: the result
+        has the region's shape, only the windows that touch it count (others are accepted and
+        ignored), and the values are exactly those of the whole stitched array there. This is
+        how blocks of an out-of-core or distributed result are made independently.
 
     Examples
     --------
@@ -128,6 +156,7 @@ class Stitcher:
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
         out: torch.Tensor | None = None,
+        region: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         check_tiling(tiling)
         if isinstance(n, bool) or not isinstance(n, int | np.integer):
@@ -153,6 +182,9 @@ class Stitcher:
         self.plan = weight_plan(tiling, blend)  # validates coverage now, before any work
         self._dtype = _acc_dtype(dtype)
         self._device = _as_device(device)
+        self.region = _check_region(region, tiling)
+        self.shape = tuple(b - a for a, b in self.region)
+        self._needed = self._needed_windows()
         self._seen = np.zeros(n * len(tiling), dtype=bool)
         self._weights: dict[tuple[tuple[int, ...], torch.dtype, torch.device], Any] = {}
         self._out: torch.Tensor | None = None
@@ -169,7 +201,15 @@ class Stitcher:
                     fix="allocate it with torch.empty((N, C, *shape))",
                 )
             )
-        self.tiling.check_array_shape(out.shape, "out")
+        if tuple(out.shape[2:]) != self.shape or out.ndim != 2 + len(self.shape):
+            raise ShapeMismatchError(
+                message(
+                    "out",
+                    expected=f"shape (N, C, {', '.join(map(str, self.shape))})",
+                    received=f"shape {tuple(out.shape)}",
+                    fix="allocate out with the array's (or the region's) spatial shape",
+                )
+            )
         if out.shape[0] != self.n or out.dtype not in _ACC_DTYPES:
             raise ShapeMismatchError(
                 message(
@@ -208,8 +248,19 @@ class Stitcher:
 
     @property
     def missing(self) -> np.ndarray:
-        """Flat indices of the windows not added yet."""
-        return np.flatnonzero(~self._seen)
+        """Flat indices of the windows (that touch the region) not added yet."""
+        return np.flatnonzero(self._needed & ~self._seen)
+
+    @property
+    def needed(self) -> np.ndarray:
+        """Flat indices of the windows the result depends on (all, unless a region is set)."""
+        return np.flatnonzero(self._needed)
+
+    def _needed_windows(self) -> np.ndarray:
+        per_axis = [self.plan.touching(ax, a, b) for ax, (a, b) in enumerate(self.region)]
+        mask = np.zeros(self.tiling.counts, dtype=bool)
+        mask[np.ix_(*per_axis)] = True
+        return np.tile(mask.reshape(-1), self.n)
 
     def add(self, patches: Any, indices: Indices) -> None:
         """Add a batch of window outputs ``(B, C_out, *window)`` for windows ``indices``."""
@@ -294,7 +345,7 @@ class Stitcher:
         if self._out is None:
             dtype = self._dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)
             device = self._device or p.device
-            shape = (self.n, p.shape[1], *self.tiling.shape)
+            shape = (self.n, p.shape[1], *self.shape)
             out, zeroed = host_empty(shape, dtype, device)
             if not (zeroed or self.plan.partition):
                 out.zero_()
@@ -302,14 +353,14 @@ class Stitcher:
         return self._out
 
     def _weight(self, sigs: tuple[int, ...], out: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The normalised window weight on ``out``'s device, and whether it is 1 wherever used."""
         key = (sigs, out.dtype, out.device)
         if key not in self._weights:
             w = self.plan.weight(sigs)
-            crop = tuple(slice(*self.plan.support(ax, s)) for ax, s in enumerate(sigs))
-            w = np.ascontiguousarray(w[crop])
+            used = tuple(slice(*self.plan.support(ax, s)) for ax, s in enumerate(sigs))
             self._weights[key] = (
-                torch.from_numpy(w).to(dtype=out.dtype, device=out.device),
-                bool(np.all(w == 1.0)),
+                torch.from_numpy(np.ascontiguousarray(w)).to(dtype=out.dtype, device=out.device),
+                bool(np.all(w[used] == 1.0)),
             )
         return self._weights[key]  # type: ignore[no-any-return]
 
@@ -326,9 +377,16 @@ class Stitcher:
             count = math.prod(box)
             block = p[pos : pos + count].view(*box, c, *self.tiling.window)
             pos += count
-            pieces = [self.plan.pieces(ax, lo[ax + 1], hi[ax + 1]) for ax in range(d)]
+            pieces = [self._pieces(ax, lo[ax + 1], hi[ax + 1]) for ax in range(d)]
             for combo in itertools.product(*pieces):
                 self._apply(out, block, lo, combo, perm, (sn, sc, ss))
+
+    def _pieces(self, ax: int, a: int, b: int) -> tuple[AxisPiece, ...]:
+        pieces = self.plan.pieces(ax, a, b)
+        r0, r1 = self.region[ax]
+        if (r0, r1) == (0, self.tiling.shape[ax]):
+            return pieces
+        return clip_pieces(pieces, r0, r1)
 
     def _apply(
         self,
@@ -351,7 +409,7 @@ class Stitcher:
             local.append(slice(pc.lo, pc.hi))
             size += [pc.count, pc.hi - pc.lo]
             stride += [pc.vstride * ss[ax], ss[ax]]
-            offset += (pc.vstart + pc.lo) * ss[ax]
+            offset += (pc.vstart + pc.lo - self.region[ax][0]) * ss[ax]
         view = out.as_strided(size, stride, offset)
         src = block[(*idx, slice(None), *local)].permute(perm)
         w, is_one = self._weight(tuple(pc.sig for pc in combo), out)
@@ -361,7 +419,10 @@ class Stitcher:
             else:
                 view.add_(src)
             return
-        wv = w.view([1, 1, *itertools.chain.from_iterable((1, n) for n in w.shape)])
+        crop = tuple(slice(pc.lo, pc.hi) for pc in combo)
+        wv = w[crop][
+            (None, None, *itertools.chain.from_iterable((None, slice(None)) for _ in combo))
+        ]
         if self.plan.partition:
             torch.mul(src, wv, out=view)
         else:

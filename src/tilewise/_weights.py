@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 MAX_EAGER_COMBOS = 512  # N-D custom blends: weights prepared up front up to this many kinds
 
-__all__ = ["AxisPiece", "AxisPlan", "WeightPlan", "contiguous_boxes", "index_runs"]
+__all__ = ["AxisPiece", "AxisPlan", "WeightPlan", "clip_pieces", "contiguous_boxes", "index_runs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +323,14 @@ class WeightPlan:
             w[tuple(idx)] = 0.0
         return w
 
+    def touching(self, ax: int, r0: int, r1: int) -> np.ndarray:
+        """Windows on axis ``ax`` whose used (non-zero-weight) part meets voxels ``[r0, r1)``."""
+        plan = self.axes[ax]
+        spans = np.array([self.support(ax, int(sg)) for sg in plan.sig]).reshape(-1, 2)
+        lo = plan.starts + spans[:, 0]
+        hi = plan.starts + spans[:, 1]
+        return np.flatnonzero((lo < r1) & (hi > r0) & (spans[:, 1] > spans[:, 0]))
+
     # -- pieces ----------------------------------------------------------------------------------
     def _pieces(self, ax: int, a: int, b: int) -> tuple[AxisPiece, ...]:
         """Pieces of grid range ``[a, b)`` on axis ``ax`` whose windows can be added at once."""
@@ -354,3 +362,47 @@ class WeightPlan:
                         )
             k = end
         return tuple(out)
+
+
+def clip_pieces(pieces: tuple[AxisPiece, ...], r0: int, r1: int) -> tuple[AxisPiece, ...]:
+    """Restrict pieces to the voxel range ``[r0, r1)``: windows keep only what lies inside.
+
+    Windows cut by the range get their own piece (their used part differs); the rest keep
+    sharing one.
+
+    >>> p = AxisPiece(first=0, count=4, gstride=1, vstart=0, vstride=10, lo=0, hi=10, sig=0)
+    >>> [(q.first, q.count, q.lo, q.hi) for q in clip_pieces((p,), 5, 30)]
+    [(0, 1, 5, 10), (1, 2, 0, 10)]
+    """
+    out: list[AxisPiece] = []
+    for pc in pieces:
+        group: tuple[int, int, int] | None = None  # (first index in piece, lo, hi)
+        count = 0
+        for i in range(pc.count):
+            start = pc.vstart + i * pc.vstride
+            lo, hi = max(pc.lo, r0 - start), min(pc.hi, r1 - start)
+            if lo >= hi:
+                lo = hi = -1
+            if group is not None and (lo, hi) == group[1:]:
+                count += 1
+                continue
+            if group is not None and group[1] >= 0:
+                out.append(_sub_piece(pc, group, count))
+            group, count = (i, lo, hi), 1
+        if group is not None and group[1] >= 0:
+            out.append(_sub_piece(pc, group, count))
+    return tuple(out)
+
+
+def _sub_piece(pc: AxisPiece, group: tuple[int, int, int], count: int) -> AxisPiece:
+    i, lo, hi = group
+    return AxisPiece(
+        first=pc.first + i * pc.gstride,
+        count=count,
+        gstride=pc.gstride,
+        vstart=pc.vstart + i * pc.vstride,
+        vstride=pc.vstride,
+        lo=lo,
+        hi=hi,
+        sig=pc.sig,
+    )
