@@ -26,6 +26,15 @@ from tilewise._errors import (
 )
 from tilewise._extract import extract, extract_batches
 from tilewise._geometry import Tiling, Window
+from tilewise._io import (
+    ArrayInfo,
+    LazyArray,
+    OmeZarrArray,
+    SourceNotFoundError,
+    create_zarr,
+    open_array,
+)
+from tilewise._predict import MemoryPlan, Prediction, plan, predict
 from tilewise._sampling import (
     CleanReport,
     CleanResult,
@@ -34,21 +43,30 @@ from tilewise._sampling import (
     clean,
     count_labeled,
 )
+from tilewise._sink import ConcurrentWriterError, ResumeMismatchError
 from tilewise._stitch import Stitcher, stitch
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArrayInfo",
     "CleanReport",
     "CleanResult",
+    "ConcurrentWriterError",
     "CoverageError",
+    "LazyArray",
+    "MemoryPlan",
     "MissingWindowError",
     "NonFiniteError",
+    "OmeZarrArray",
     "ParameterError",
     "ParameterTypeError",
     "PatchDataset",
+    "Prediction",
     "RandomWindows",
+    "ResumeMismatchError",
     "ShapeMismatchError",
+    "SourceNotFoundError",
     "Stitcher",
     "TilewiseError",
     "Tiling",
@@ -57,7 +75,11 @@ __all__ = [
     "blend",
     "clean",
     "count_labeled",
+    "create_zarr",
     "extract",
     "extract_batches",
+    "open_array",
+    "plan",
+    "predict",
     "stitch",
 ]

@@ -1,0 +1,933 @@
+"""``predict``: run a network over an array window by window and stitch the outputs — in memory
+or block by block into a zarr store, resumable, with bounded memory.
+
+The output is cut into blocks aligned with its chunks. Each block reads the input region its
+windows need (the block plus the window halo), runs the model on those windows in fixed batches,
+stitches them with :class:`~tilewise.Stitcher` restricted to the block, writes the block once and
+forgets it. Windows that straddle blocks are run for each block that needs them, so a block's
+values never depend on which blocks ran before it: a rerun after an interruption skips finished
+blocks and gives a bit-identical result, and (later) blocks can run on different machines.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from tilewise._arrays import is_array_like, read_region, shape_of
+from tilewise._errors import (
+    NonFiniteError,
+    ParameterError,
+    ParameterTypeError,
+    ShapeMismatchError,
+    message,
+)
+from tilewise._extract import check_tiling, copy_box, fill_padding
+from tilewise._geometry import Tiling
+from tilewise._sink import Block, Journal, blocks, convert_block, stored_channels, stored_dtype
+from tilewise._stitch import Stitcher, weight_plan
+from tilewise._weights import contiguous_boxes
+from tilewise.blend import Blend, uniform
+
+__all__ = ["MemoryPlan", "Prediction", "plan", "predict"]
+
+NonFinite = Literal["raise", "drop"]
+DEFAULT_BLOCK_BYTES = 256 << 20
+
+
+# -- output geometry -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Head:
+    """What one model output looks like relative to its input window."""
+
+    name: str | None
+    channels: int
+    scale: tuple[Fraction, ...]
+    crop: tuple[int, ...]
+
+
+def _heads(y: Any) -> list[tuple[str | None, torch.Tensor]]:
+    if isinstance(y, torch.Tensor):
+        return [(None, y)]
+    if isinstance(y, Mapping):
+        return [(str(k), v) for k, v in y.items()]
+    if isinstance(y, list | tuple):
+        return [(str(i), v) for i, v in enumerate(y)]
+    raise ParameterTypeError(
+        message(
+            "model output",
+            expected="a tensor, or a tuple/list/dict of tensors (several heads)",
+            received=type(y).__name__,
+            fix="return torch tensors laid out (B, C_out, *window)",
+        )
+    )
+
+
+def _geometry(name: str | None, y: torch.Tensor, window: tuple[int, ...], batch: int) -> _Head:
+    if not isinstance(y, torch.Tensor) or y.ndim != 2 + len(window) or y.shape[0] != batch:
+        raise ShapeMismatchError(
+            message(
+                f"model output {name or ''}".strip(),
+                expected=f"a tensor ({batch}, C_out, *spatial) for a batch of {batch} windows",
+                received=f"{type(y).__name__} of shape {tuple(getattr(y, 'shape', ()))}",
+                fix="keep the batch axis first and the spatial axes last",
+            )
+        )
+    scale: list[Fraction] = []
+    crop: list[int] = []
+    for ax, (o, w) in enumerate(zip(y.shape[2:], window, strict=True)):
+        if o == w:
+            scale.append(Fraction(1))
+            crop.append(0)
+        elif o < w and (w - o) % 2 == 0 and w % o != 0:
+            scale.append(Fraction(1))
+            crop.append((w - o) // 2)
+        elif (o > w and o % w == 0) or (o < w and w % o == 0):
+            scale.append(Fraction(o, w))
+            crop.append(0)
+        else:
+            raise ShapeMismatchError(
+                message(
+                    "model output",
+                    expected=f"on axis {ax} the window size {w}, a centred crop (w - 2m) or "
+                    "an integer up/down-scale of it",
+                    received=f"size {o}",
+                    fix="make the network keep, crop symmetrically, or scale the window",
+                )
+            )
+    return _Head(name, int(y.shape[1]), tuple(scale), tuple(crop))
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where input windows are read and where each head's outputs go."""
+
+    in_tiling: Tiling  # over the (virtually margin-padded) input
+    margin: tuple[int, ...]
+    heads: tuple[_Head, ...]
+    out_tilings: tuple[Tiling, ...]
+
+    @property
+    def multi(self) -> bool:
+        return len(self.heads) > 1 or self.heads[0].name is not None
+
+
+def _layout(tiling: Tiling, heads: list[_Head]) -> _Layout:
+    crops = {h.crop for h in heads}
+    if len(crops) > 1:
+        raise ShapeMismatchError(
+            message(
+                "model outputs",
+                expected="every head cropped by the same margin",
+                received=f"crops {[h.crop for h in heads]}",
+                fix="crop all heads alike (or pad them to the same size inside the model)",
+            )
+        )
+    margin = heads[0].crop
+    if any(margin):
+        if tiling.pad is not None or any(b or a for b, a in tiling.padding):
+            raise ParameterError(
+                message(
+                    "tiling",
+                    expected="no virtual padding when the model crops its output",
+                    received=f"pad={tiling.pad!r} with a crop of {margin}",
+                    fix="use a window no larger than the array",
+                )
+            )
+        shape = tuple(s + 2 * m for s, m in zip(tiling.shape, margin, strict=True))
+        in_tiling = Tiling(shape, window=tiling.window, step=tiling.step)
+    else:
+        in_tiling = tiling
+    outs = []
+    for h in heads:
+        if any(m and f != 1 for m, f in zip(h.crop, h.scale, strict=True)):
+            raise ShapeMismatchError(
+                message(
+                    "model output",
+                    expected="either a crop or a scale per axis",
+                    received=f"crop {h.crop} and scale {h.scale}",
+                    fix="crop or scale, not both",
+                )
+            )
+        sizes = []
+        for ax, (s, w, st, m, f) in enumerate(
+            zip(tiling.shape, tiling.window, tiling.step, margin, h.scale, strict=True)
+        ):
+            vals = (Fraction(s) * f, Fraction(w - 2 * m) * f, Fraction(st) * f)
+            if any(v.denominator != 1 for v in vals):
+                raise ShapeMismatchError(
+                    message(
+                        "model output",
+                        expected=f"array, window and step on axis {ax} divisible by the "
+                        f"downscale factor {f.denominator}",
+                        received=f"size {s}, window {w}, step {st}",
+                        fix="choose sizes that are multiples of the model's downscale factor",
+                    )
+                )
+            sizes.append(tuple(int(v) for v in vals))
+        out = Tiling(
+            tuple(v[0] for v in sizes),
+            window=tuple(v[1] for v in sizes),
+            step=tuple(v[2] for v in sizes),
+            pad=tiling.pad,
+            pad_value=tiling.pad_value,
+        )
+        if out.counts != in_tiling.counts:  # pragma: no cover - follows from the arithmetic
+            raise ShapeMismatchError("output windows do not match input windows")
+        outs.append(out)
+    return _Layout(in_tiling, margin, tuple(heads), tuple(outs))
+
+
+# -- reading ---------------------------------------------------------------------------------------
+def _read_padded(
+    source: Any, n: int, lo: Sequence[int], hi: Sequence[int], margin: Sequence[int], mode: str
+) -> np.ndarray:
+    """Region ``[lo, hi)`` of the input padded by ``margin`` (padded coordinates)."""
+    shape = shape_of(source, "source")[2:]
+    a = [max(0, p - m) for p, m in zip(lo, margin, strict=True)]
+    b = [min(s, q - m) for q, m, s in zip(hi, margin, shape, strict=True)]
+    data = read_region(source, (n, slice(None), *(slice(x, y) for x, y in zip(a, b, strict=True))))
+    pads = [(0, 0)] + [
+        (x + m - p, q - (y + m)) for p, q, x, y, m in zip(lo, hi, a, b, margin, strict=True)
+    ]
+    if any(pb or pa for pb, pa in pads):
+        return np.pad(data, pads, mode="reflect" if mode == "reflect" else "edge")
+    return data
+
+
+def _as_source(source: Any, tiling: Tiling) -> Any:
+    if isinstance(source, str | os.PathLike):
+        from tilewise._io import open_array  # optional readers, loaded on use
+
+        try:
+            return open_array(source)
+        except ParameterError as err:
+            if "axes" not in str(err):
+                raise
+            # unnamed axes: read them as (N, C, *tiled axes), the layout predict works in
+            return open_array(source, axes="nc" + "tzyx"[-tiling.ndim :])
+    if isinstance(source, torch.Tensor | np.ndarray) or is_array_like(source):
+        return source
+    raise ParameterTypeError(
+        message(
+            "source",
+            expected="a tensor, numpy array, zarr/h5py array, or a path/URL to open",
+            received=type(source).__name__,
+            fix="pass the array or its path",
+        )
+    )
+
+
+# -- progress --------------------------------------------------------------------------------------
+class _Progress:
+    """A one-line progress bar on stderr: windows, throughput, ETA. Silent when not a terminal."""
+
+    def __init__(self, total: int, enabled: bool | None, label: str = "predict") -> None:
+        self.total, self.done, self.label = total, 0, label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.t0 = time.perf_counter()
+        self._last = 0.0
+
+    def update(self, k: int) -> None:
+        self.done += k
+        now = time.perf_counter()
+        if self.enabled and (now - self._last > 0.2 or self.done >= self.total):
+            self._last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else 0.0
+            frac = self.done / max(self.total, 1)
+            bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+            sys.stderr.write(
+                f"\r{self.label} [{bar}] {self.done}/{self.total} windows "
+                f"{rate:6.1f}/s ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+            )
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# -- the runner ------------------------------------------------------------------------------------
+@dataclass
+class Prediction:
+    """Where the result went, and what it cost (returned by ``predict(..., return_info=True)``)."""
+
+    output: Any
+    windows: int
+    windows_run: int
+    blocks: int
+    blocks_skipped: int
+    seconds: float
+    seconds_model: float
+
+
+class _Runner:
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        source: Any,
+        tiling: Tiling,
+        blend: Blend,
+        batch_size: int,
+        device: torch.device,
+        amp: torch.dtype | None,
+        tta: Sequence[tuple[int, ...]],
+        on_nonfinite: NonFinite,
+        pad_mode: str,
+    ) -> None:
+        self.model, self.source, self.tiling, self.blend = model, source, tiling, blend
+        self.batch_size, self.device, self.amp, self.tta = batch_size, device, amp, tta
+        self.on_nonfinite, self.pad_mode = on_nonfinite, pad_mode
+        self.shape = shape_of(source, "source")
+        self.seconds_model = 0.0
+        self.windows_run = 0
+        self.pin = device.type == "cuda"
+        self.layout = self._probe()
+
+    def _call(self, x: torch.Tensor) -> list[tuple[str | None, torch.Tensor]]:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            ctx = (
+                torch.autocast(device_type=self.device.type, dtype=self.amp)
+                if self.amp is not None
+                else _null()
+            )
+            with ctx:
+                outs: list[tuple[str | None, torch.Tensor]] | None = None
+                for axes in self.tta:
+                    dims = [2 + a for a in axes]
+                    xi = torch.flip(x, dims) if dims else x
+                    heads = _heads(self.model(xi))
+                    heads = [(k, torch.flip(v, dims) if dims else v) for k, v in heads]
+                    heads = [(k, v.float()) for k, v in heads]
+                    if outs is None:
+                        outs = heads
+                    else:
+                        outs = [(k, a + b) for (k, a), (_, b) in zip(outs, heads, strict=True)]
+                if outs is None:  # pragma: no cover - tta always has the identity
+                    raise ParameterError("no test-time augmentation")
+                if len(self.tta) > 1:
+                    outs = [(k, v / len(self.tta)) for k, v in outs]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds_model += time.perf_counter() - t0
+        return outs
+
+    def _probe(self) -> _Layout:
+        """One forward pass on a zero window tells the output channels, heads and geometry."""
+        c = self.shape[1]
+        x = torch.zeros((1, c, *self.tiling.window), device=self.device, dtype=torch.float32)
+        heads = [_geometry(k, v, self.tiling.window, 1) for k, v in self._call(x)]
+        return _layout(self.tiling, heads)
+
+    # -- batches of one block ----------------------------------------------------------------
+    def batches(
+        self, n: int, box_lo: tuple[int, ...], box_hi: tuple[int, ...]
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Input batches for the windows of grid box ``[box_lo, box_hi)`` of image ``n``."""
+        t = self.layout.in_tiling
+        starts = t.axis_starts
+        lo = [int(starts[ax][box_lo[ax]]) for ax in range(t.ndim)]
+        hi = [int(starts[ax][box_hi[ax] - 1]) + t.window[ax] for ax in range(t.ndim)]
+        padded = any(b or a for b, a in t.padding)
+        if padded:  # windows longer than the array: read the axis whole, pad per window
+            lo = [max(0, v) for v in lo]
+            hi = [min(s, v) for s, v in zip(t.shape, hi, strict=True)]
+        region = _read_padded(self.source, n, lo, hi, self.layout.margin, self.pad_mode)
+        x = torch.from_numpy(np.require(region, requirements=["C", "W"]))[None]
+        if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            x = x.float()
+        counts = tuple(b - a for a, b in zip(box_lo, box_hi, strict=True))
+        grid = (1, *counts)
+        total = math.prod(counts)
+        for start in range(0, total, self.batch_size):
+            stop = min(start + self.batch_size, total)
+            buf = torch.empty(
+                (stop - start, x.shape[1], *t.window), dtype=x.dtype, pin_memory=self.pin
+            )
+            flat: list[np.ndarray] = []
+            pos = 0
+            for blo, bhi in contiguous_boxes(start, stop, grid):
+                glo = tuple(a + b for a, b in zip((0, *box_lo), blo, strict=True))
+                ghi = tuple(a + b for a, b in zip((0, *box_lo), bhi, strict=True))
+                size = tuple(b - a for a, b in zip(glo, ghi, strict=True))
+                count = math.prod(size)
+                block = buf[pos : pos + count].view(*size, x.shape[1], *t.window)
+                copy_box(x, t, glo, ghi, block, origin=(0, *lo))
+                pos += count
+                grids = np.meshgrid(
+                    *[np.arange(a, b) for a, b in zip(glo[1:], ghi[1:], strict=True)], indexing="ij"
+                )
+                flat.append(np.ravel_multi_index(tuple(g.reshape(-1) for g in grids), t.counts))
+            if padded:
+                fill_padding(buf, t)
+            yield np.concatenate(flat), buf
+
+    def run_block(
+        self,
+        n: int,
+        stitchers: list[Stitcher],
+        drops: list[Stitcher] | None,
+        progress: _Progress,
+    ) -> None:
+        """Run every window of image ``n`` the stitchers need and add the outputs.
+
+        Stitchers over one image (``n == 1``: a block) are indexed within the image; stitchers
+        over all images use global indices.
+        """
+        per = len(self.layout.in_tiling)
+        shift = 0 if stitchers[0].n == 1 else n * per
+        needed = stitchers[0].needed - shift
+        needed = needed[(needed >= 0) & (needed < per)]
+        if not len(needed):
+            return
+        grid = np.stack(np.unravel_index(needed, self.layout.in_tiling.counts), 1)
+        box_lo = tuple(int(v) for v in grid.min(0))
+        box_hi = tuple(int(v) + 1 for v in grid.max(0))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            it = self.batches(n, box_lo, box_hi)
+            nxt: Future[Any] | None = pool.submit(_next, it)
+            while nxt is not None:
+                item = nxt.result()
+                if item is None:
+                    break
+                nxt = pool.submit(_next, it)  # read the next batch while the model runs
+                local, buf = item
+                x = buf.to(self.device, non_blocking=self.pin)
+                outs = self._call(x)
+                self.windows_run += len(local)
+                progress.update(len(local))
+                idx = local + shift
+                bad = self._check(outs, local + n * per)
+                keep = np.ones(len(idx), dtype=bool)
+                if bad is not None:
+                    keep[bad] = False
+                for i, (st, (_, y)) in enumerate(zip(stitchers, outs, strict=True)):
+                    if keep.all():
+                        st.add(y, idx)
+                        continue
+                    ki = torch.from_numpy(np.flatnonzero(keep)).to(y.device)
+                    st.add(y.index_select(0, ki), idx[keep])
+                    st._seen[idx[~keep]] = True  # dropped on purpose; refilled from neighbours
+                    if drops is not None:
+                        ones = torch.ones((int((~keep).sum()), 1, *y.shape[2:]))
+                        drops[i].add(ones, idx[~keep])
+
+    def _check(
+        self, outs: list[tuple[str | None, torch.Tensor]], idx: np.ndarray
+    ) -> np.ndarray | None:
+        bad_any: np.ndarray | None = None
+        for name, y in outs:
+            lo, hi = torch.aminmax(y)
+            if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
+                continue
+            bad = (~torch.isfinite(y)).flatten(1).any(1).cpu().numpy()
+            if self.on_nonfinite == "raise":
+                per = len(self.layout.in_tiling)
+                wins = [self.layout.in_tiling[int(i) % per] for i in idx[bad][:3]]
+                raise NonFiniteError(
+                    message(
+                        f"model output {name or ''}".strip(),
+                        expected="finite values",
+                        received=f"NaN/Inf in {int(bad.sum())} window(s), e.g. window "
+                        f"{int(idx[bad][0])} at start {wins[0].start} (image "
+                        f"{int(idx[bad][0]) // per})",
+                        fix="check the model on those windows, or pass on_nonfinite='drop' to "
+                        "fill them from their neighbours",
+                    )
+                )
+            bad_any = bad if bad_any is None else (bad_any | bad)
+        return None if bad_any is None else np.flatnonzero(bad_any)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _next(it: Iterator[Any]) -> Any:
+    return next(it, None)
+
+
+def _fill_dropped(acc: torch.Tensor, deficit: torch.Tensor | None, where: str) -> torch.Tensor:
+    """Rescale where dropped windows left weight missing; refuse voxels nothing else covers."""
+    if deficit is None:
+        return acc
+    have = 1.0 - deficit.to(acc.dtype)
+    if bool((have <= 1e-6).any()):
+        raise NonFiniteError(
+            message(
+                "model output",
+                expected="dropped windows covered by neighbours",
+                received=f"voxels in {where} covered only by dropped (non-finite) windows",
+                fix="use a smaller step so windows overlap, or fix the model's non-finite outputs",
+            )
+        )
+    return acc / have
+
+
+# -- public API ------------------------------------------------------------------------------------
+def _tta_axes(tta: bool | Sequence[Sequence[int]], ndim: int) -> list[tuple[int, ...]]:
+    if tta is False:
+        return [()]
+    if tta is True:
+        return [tuple(a for a in range(ndim) if mask >> a & 1) for mask in range(1 << ndim)]
+    out = [tuple(int(a) for a in axes) for axes in tta]
+    if () not in out:
+        out.insert(0, ())
+    if any(not 0 <= a < ndim for axes in out for a in axes):
+        raise ParameterError(
+            message(
+                "tta",
+                expected=f"flip axis sets among the tiled axes 0..{ndim - 1}",
+                received=repr(tta),
+                fix="pass tta=True for all flips, or e.g. tta=[(0,), (1,)]",
+            )
+        )
+    return out
+
+
+def _amp_dtype(amp: Any, device: torch.device) -> torch.dtype | None:
+    if amp in (None, False):
+        return None
+    if amp is True:
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    if amp in ("float16", torch.float16):
+        return torch.float16
+    if amp in ("bfloat16", torch.bfloat16):
+        return torch.bfloat16
+    raise ParameterError(
+        message(
+            "amp",
+            expected="False, True, 'float16' or 'bfloat16'",
+            received=repr(amp),
+            fix="pass amp=True for mixed precision",
+        )
+    )
+
+
+def predict(
+    model: Callable[..., Any],
+    source: Any,
+    tiling: Tiling,
+    *,
+    blend: Blend | None = None,
+    batch_size: int = 4,
+    device: torch.device | str | None = None,
+    amp: bool | str | torch.dtype | None = None,
+    out: str | os.PathLike[str] | None = None,
+    out_dtype: str = "float32",
+    threshold: float = 0.5,
+    chunks: Sequence[int] | None = None,
+    block: Sequence[int] | None = None,
+    tta: bool | Sequence[Sequence[int]] = False,
+    on_nonfinite: NonFinite = "raise",
+    pad_mode: Literal["reflect", "replicate"] = "reflect",
+    progress: bool | None = None,
+    ome: bool | None = None,
+    overwrite: bool = False,
+    return_info: bool = False,
+) -> Any:
+    """Run ``model`` over ``source`` window by window and stitch the outputs.
+
+    Parameters
+    ----------
+    model
+        Any callable (a ``torch.nn.Module``) mapping ``(B, C, *window)`` to ``(B, C_out, *w)``
+        where ``w`` is the window, a centred crop of it (valid convolutions), or an integer up-
+        or down-scale of it; or a tuple/list/dict of such tensors (several heads).
+    source
+        ``(N, C, *spatial)``: a tensor, numpy array/memmap, zarr/h5py array, or a path/URL
+        (opened with :func:`tilewise.open_array`). Only the regions the windows need are read.
+    tiling
+        The window plan over the input's spatial shape.
+    blend
+        Weights for stitching (default uniform); the paper uses ``border(10, weight=0.0)``.
+    batch_size
+        Windows per model call.
+    device
+        Where the model runs (default: CUDA when available, else CPU). Inputs are read by a
+        background thread (pinned memory, non-blocking copies on CUDA) while the model runs.
+    amp
+        Autocast the model: True (float16 on CUDA, bfloat16 on CPU), 'float16' or 'bfloat16'.
+    out
+        None: return the result in memory (``(N, C_out, *shape)`` float32, or a dict per head).
+        A path: write a zarr v3 array (OME-Zarr with ``ome=True``, the default when the input
+        is OME-Zarr), block by block, and return the opened array (or a dict per head).
+    out_dtype
+        'float32', 'float16', 'argmax' (uint8 labels), 'threshold' (uint8 0/1 of ``> threshold``)
+        or 'uint8' (probabilities in [0, 1] quantised to 0..255), applied per finished block.
+    chunks, block
+        Output chunk shape and block shape (spatial; default chunks 64 per axis, blocks of about
+        256 MiB of float32 rounded to whole chunks). Peak memory depends on these, the window and
+        the batch size, never on the volume size.
+    tta
+        Test-time augmentation: True averages over all flips of the tiled axes; or a list of
+        axis sets to flip.
+    on_nonfinite
+        'raise' (default): NaN/Inf in an output raises with the window's position. 'drop': such
+        windows are left out and their voxels refilled from the overlapping windows.
+    pad_mode
+        How the input is extended when the model crops its output (valid convolutions).
+    progress
+        Show a progress bar (default: only on a terminal).
+    overwrite
+        Start an existing output afresh instead of resuming it.
+    return_info
+        Return a :class:`Prediction` with timings and counts instead of only the output.
+
+    Examples
+    --------
+    >>> import torch, tilewise as tw
+    >>> x = torch.rand(1, 1, 40, 50)
+    >>> net = torch.nn.Conv2d(1, 2, 3, padding=1)
+    >>> t = tw.Tiling((40, 50), window=24, step=16)
+    >>> y = tw.predict(net, x, t, blend=tw.blend.border(4, weight=0.0))
+    >>> with torch.no_grad():
+    ...     bool(torch.allclose(y, net(x), atol=1e-6))
+    True
+    """
+    t0 = time.perf_counter()
+    check_tiling(tiling)
+    if not callable(model):
+        raise ParameterTypeError(
+            message(
+                "model",
+                expected="a callable (e.g. a torch.nn.Module)",
+                received=type(model).__name__,
+                fix="pass the network",
+            )
+        )
+    src = _as_source(source, tiling)
+    shape = shape_of(src, "source")
+    tiling.check_array_shape(shape, "source")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
+        raise ParameterError(
+            message(
+                "batch_size",
+                expected="a positive int",
+                received=repr(batch_size),
+                fix="e.g. batch_size=4",
+            )
+        )
+    if on_nonfinite not in ("raise", "drop"):
+        raise ParameterError(
+            message(
+                "on_nonfinite",
+                expected="'raise' or 'drop'",
+                received=repr(on_nonfinite),
+                fix="use on_nonfinite='raise'",
+            )
+        )
+    dev = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    blend = uniform() if blend is None else blend
+    runner = _Runner(
+        model,
+        src,
+        tiling,
+        blend,
+        int(batch_size),
+        dev,
+        _amp_dtype(amp, dev),
+        _tta_axes(tta, tiling.ndim),
+        on_nonfinite,
+        pad_mode,
+    )
+    lay = runner.layout
+    for h in lay.heads:
+        stored_dtype(out_dtype, h.channels)  # validate early
+    n_img = shape[0]
+    total = n_img * len(lay.in_tiling)
+    bar = _Progress(total, progress)
+    try:
+        if out is None:
+            result, nblocks, skipped = _in_memory(runner, n_img, out_dtype, threshold, bar), 1, 0
+        else:
+            result, nblocks, skipped = _to_zarr(
+                runner,
+                n_img,
+                Path(out),
+                out_dtype,
+                threshold,
+                chunks,
+                block,
+                bar,
+                ome,
+                overwrite,
+                src,
+            )
+    finally:
+        bar.close()
+    if not return_info:
+        return result
+    return Prediction(
+        output=result,
+        windows=total,
+        windows_run=runner.windows_run,
+        blocks=nblocks,
+        blocks_skipped=skipped,
+        seconds=time.perf_counter() - t0,
+        seconds_model=runner.seconds_model,
+    )
+
+
+def _deficit_stitchers(
+    runner: _Runner, n_img: int, region: tuple[tuple[int, int], ...] | None
+) -> list[Stitcher] | None:
+    """Accumulators of the weight that dropped (non-finite) windows leave missing."""
+    if runner.on_nonfinite != "drop":
+        return None
+    out = []
+    for t in runner.layout.out_tilings:
+        shape = tuple(b - a for a, b in region) if region is not None else t.shape
+        zeros = torch.zeros((n_img, 1, *shape))
+        out.append(Stitcher(t, n=n_img, blend=runner.blend, device="cpu", region=region, out=zeros))
+    return out
+
+
+def _finish(st: Stitcher, drop: Stitcher | None, where: str) -> torch.Tensor:
+    acc = st.result(check_finite=drop is None)
+    if drop is None or not drop.added:
+        return acc
+    deficit = drop._out
+    return acc if deficit is None else _fill_dropped(acc, deficit, where)
+
+
+def _in_memory(
+    runner: _Runner, n_img: int, out_dtype: str, threshold: float, bar: _Progress
+) -> Any:
+    lay = runner.layout
+    stitchers = [Stitcher(t, n=n_img, blend=runner.blend, device="cpu") for t in lay.out_tilings]
+    drops = _deficit_stitchers(runner, n_img, None)
+    for n in range(n_img):
+        runner.run_block(n, stitchers, drops, bar)
+    results = {}
+    for i, (h, st) in enumerate(zip(lay.heads, stitchers, strict=True)):
+        acc = _finish(st, drops[i] if drops else None, "the array")
+        if out_dtype != "float32":
+            acc = torch.from_numpy(convert_block(acc, out_dtype, threshold))
+        results[h.name] = acc
+    return results[None] if not lay.multi else results
+
+
+def _to_zarr(
+    runner: _Runner,
+    n_img: int,
+    path: Path,
+    out_dtype: str,
+    threshold: float,
+    chunks: Sequence[int] | None,
+    block: Sequence[int] | None,
+    bar: _Progress,
+    ome: bool | None,
+    overwrite: bool,
+    src: Any,
+) -> tuple[Any, int, int]:
+    from tilewise._io import create_zarr  # zarr is an optional extra
+
+    lay = runner.layout
+    ref = lay.out_tilings[0]
+    if any(t.shape != ref.shape for t in lay.out_tilings):
+        raise ShapeMismatchError(
+            message(
+                "model outputs",
+                expected="heads of one spatial size when writing to zarr",
+                received=f"sizes {[t.shape for t in lay.out_tilings]}",
+                fix="write such heads in memory (out=None) or run them separately",
+            )
+        )
+    ndim = ref.ndim
+    ch = tuple(chunks) if chunks is not None else tuple(min(64, s) for s in ref.shape)
+    if len(ch) != ndim or any(not isinstance(c, int | np.integer) or c < 1 for c in ch):
+        raise ParameterError(
+            message(
+                "chunks",
+                expected=f"{ndim} positive ints (spatial chunk shape)",
+                received=repr(chunks),
+                fix="e.g. chunks=(64, 64, 64)",
+            )
+        )
+    cmax = max(h.channels for h in lay.heads)
+    if block is None:
+        side = (DEFAULT_BLOCK_BYTES / (4 * cmax)) ** (1 / ndim)
+        block = tuple(max(c, int(side) // c * c) for c in ch)
+    blist = blocks(n_img, ref.shape, block, ch)
+    info = getattr(src, "info", None)
+    use_ome = (
+        ome
+        if ome is not None
+        else bool(info is not None and getattr(info, "format", "") == "ome-zarr")
+    )
+    settings = {
+        "tiling": runner.tiling.to_dict(),
+        "blend": repr(runner.blend),
+        "out_dtype": out_dtype,
+        "threshold": threshold,
+        "chunks": list(ch),
+        "block": list(block),
+        "heads": [h.name for h in lay.heads],
+        "tta": [list(a) for a in runner.tta],
+        "batch_size": runner.batch_size,
+        "shape": list(runner.shape),
+    }
+    if overwrite and path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    arrays = {}
+    for h in lay.heads:
+        target = path if not lay.multi else path / str(h.name)
+        arrays[h.name] = create_zarr(
+            target,
+            (n_img, stored_channels(out_dtype, h.channels), *ref.shape),
+            stored_dtype(out_dtype, h.channels),
+            chunks=(1, stored_channels(out_dtype, h.channels), *ch),
+            info=info,
+            ome=use_ome and not lay.multi,
+        )
+    skipped = 0
+    with Journal(path, settings) as journal:
+        done = journal.done()
+        todo = [b for b in blist if b.key not in done]
+        skipped = len(blist) - len(todo)
+        bar.total = sum(
+            len(Stitcher(ref, n=1, blend=runner.blend, region=b.region).needed) for b in todo
+        )
+        for b in todo:
+            _run_block(runner, b, arrays, out_dtype, threshold, bar)
+            journal.mark(b)
+    res = arrays[None] if not lay.multi else arrays
+    return res, len(blist), skipped
+
+
+def _run_block(
+    runner: _Runner,
+    b: Block,
+    arrays: dict[str | None, Any],
+    out_dtype: str,
+    threshold: float,
+    bar: _Progress,
+) -> None:
+    lay = runner.layout
+    stitchers = [
+        Stitcher(t, n=1, blend=runner.blend, device="cpu", region=b.region) for t in lay.out_tilings
+    ]
+    drops = _deficit_stitchers(runner, 1, b.region)
+    runner.run_block(b.n, stitchers, drops, bar)
+    sl = tuple(slice(a, z) for a, z in b.region)
+    for i, (h, st) in enumerate(zip(lay.heads, stitchers, strict=True)):
+        acc = _finish(st, drops[i] if drops else None, f"block {b.key}")
+        stored = convert_block(acc, out_dtype, threshold)
+        arrays[h.name][(slice(b.n, b.n + 1), slice(None), *sl)] = stored
+
+
+# -- planning --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Estimated peak memory of a ``predict`` run, and a batch size that fits a budget."""
+
+    windows: int
+    windows_run: int
+    batch_size: int
+    device_bytes: int
+    host_bytes: int
+    suggested_batch_size: int | None
+
+    def __str__(self) -> str:
+        mib = 1 << 20
+        sug = (
+            ""
+            if self.suggested_batch_size is None
+            else f", suggested batch size {self.suggested_batch_size}"
+        )
+        return (
+            f"{self.windows} windows ({self.windows_run} runs with block halos); batch "
+            f"{self.batch_size}: device ~{self.device_bytes / mib:.0f} MiB, host "
+            f"~{self.host_bytes / mib:.0f} MiB{sug}"
+        )
+
+
+def plan(
+    tiling: Tiling,
+    *,
+    n: int = 1,
+    channels: int = 1,
+    out_channels: int = 1,
+    batch_size: int = 4,
+    itemsize: int = 4,
+    activation_bytes_per_voxel: float = 0.0,
+    out: bool = False,
+    chunks: Sequence[int] | None = None,
+    block: Sequence[int] | None = None,
+    blend: Blend | None = None,
+    budget_bytes: int | None = None,
+) -> MemoryPlan:
+    """Estimate peak host and device memory of :func:`predict` and suggest a batch size.
+
+    Device: the input batch, the model's activations (``activation_bytes_per_voxel`` per
+    window voxel per window, from your network; 0 if unknown) and its float32 outputs. Host: the
+    pinned input batch, the stitched result (whole array in memory, or one block plus its input
+    region when writing to zarr). ``budget_bytes`` (device) gives the largest batch that fits.
+
+    >>> t = Tiling((236, 720, 510), window=128, step=108)
+    >>> p = plan(t, out_channels=2, batch_size=2)
+    >>> p.windows, p.device_bytes // 2**20, p.host_bytes // 2**20
+    (70, 48, 677)
+    """
+    check_tiling(tiling)
+    vox = math.prod(tiling.window)
+    per_window_dev = vox * (channels * itemsize + 4 * out_channels + activation_bytes_per_voxel)
+    device_bytes = int(batch_size * per_window_dev)
+    batch_host = batch_size * vox * channels * itemsize
+    bl = uniform() if blend is None else blend
+    if out:
+        ch = tuple(chunks) if chunks is not None else tuple(min(64, s) for s in tiling.shape)
+        if block is None:
+            side = (DEFAULT_BLOCK_BYTES / (4 * out_channels)) ** (1 / tiling.ndim)
+            block = tuple(max(c, int(side) // c * c) for c in ch)
+        bl_list = blocks(n, tiling.shape, block, ch)
+        runs = sum(len(Stitcher(tiling, n=1, blend=bl, region=b.region).needed) for b in bl_list)
+        biggest = max(math.prod(b.shape) for b in bl_list)
+        halo = math.prod(
+            min(s, b + w) for s, b, w in zip(tiling.shape, block, tiling.window, strict=True)
+        )
+        host = biggest * 4 * out_channels * 2 + halo * channels * itemsize + batch_host
+    else:
+        runs = n * len(tiling)
+        weight_plan(tiling, bl)
+        host = n * math.prod(tiling.shape) * (4 * out_channels) + batch_host
+    suggestion = None
+    if budget_bytes is not None:
+        suggestion = max(0, int(budget_bytes // max(per_window_dev, 1)))
+    return MemoryPlan(
+        windows=n * len(tiling),
+        windows_run=runs,
+        batch_size=batch_size,
+        device_bytes=device_bytes,
+        host_bytes=int(host),
+        suggested_batch_size=suggestion,
+    )

@@ -1,0 +1,385 @@
+"""predict: exact tiled inference in memory, output geometry, heads, TTA, AMP, non-finite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tilewise as tw
+
+
+def conv_net(ndim: int, c_in: int = 1, c_out: int = 2, padding: int | str = 1) -> torch.nn.Module:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d
+    return torch.nn.Sequential(
+        conv(c_in, 4, 3, padding=padding), torch.nn.ReLU(), conv(4, c_out, 3, padding=padding)
+    ).eval()
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_tiled_equals_whole_with_a_receptive_field_border(ndim, batch_size):
+    shape = (30, 41, 37)[-ndim:]
+    x = torch.rand(2, 1, *shape)
+    net = conv_net(ndim)
+    t = tw.Tiling(shape, window=16, step=12)  # border 2 = receptive radius, 16 - 4 = 12
+    y = tw.predict(net, x, t, blend=tw.blend.border(2, weight=0.0), batch_size=batch_size)
+    with torch.no_grad():
+        whole = net(x)
+    torch.testing.assert_close(y, whole, rtol=0, atol=2e-6)
+
+
+def test_valid_convolutions_are_padded_by_the_crop_margin():
+    x = torch.rand(1, 1, 33, 29)
+    net = conv_net(2, padding=0)  # output = window - 4: a crop of 2 per side
+    t = tw.Tiling((33, 29), window=16, step=12)
+    y = tw.predict(net, x, t)
+    with torch.no_grad():
+        whole = net(F.pad(x, (2, 2, 2, 2), mode="reflect"))
+    assert y.shape == (1, 2, 33, 29)
+    torch.testing.assert_close(y, whole, rtol=0, atol=2e-6)
+
+
+def test_up_and_down_scaling_models():
+    x = torch.rand(1, 2, 24, 36)
+    t = tw.Tiling((24, 36), window=12, step=8)
+
+    def up(z):
+        return F.interpolate(z, scale_factor=2, mode="nearest")
+
+    def down(z):
+        return F.avg_pool2d(z, 2)
+
+    torch.testing.assert_close(tw.predict(up, x, t), up(x))
+    torch.testing.assert_close(tw.predict(down, x, t), down(x))
+    with pytest.raises(tw.ShapeMismatchError, match="divisible by the downscale factor 2"):
+        tw.predict(down, x, tw.Tiling((24, 36), window=12, step=7))
+
+
+def test_several_heads_tuple_and_dict():
+    x = torch.rand(1, 1, 20, 20)
+    t = tw.Tiling((20, 20), window=8, step=6)
+    both = tw.predict(lambda z: (z, torch.cat([z, 2 * z], 1)), x, t)
+    assert set(both) == {"0", "1"}
+    torch.testing.assert_close(both["1"], torch.cat([x, 2 * x], 1))
+    named = tw.predict(lambda z: {"mask": z > 0.5, "prob": z}, x, t)
+    torch.testing.assert_close(named["mask"], (x > 0.5).float())
+
+
+def test_flip_tta_averages_back_to_the_equivariant_result():
+    x = torch.rand(1, 1, 18, 22)
+    t = tw.Tiling((18, 22), window=10, step=6)
+    seen = []
+
+    def model(z):
+        seen.append(z.shape[0])
+        return 3 * z
+
+    torch.testing.assert_close(tw.predict(model, x, t, tta=True), 3 * x)
+    plain = len(seen)
+    seen.clear()
+    tw.predict(model, x, t, tta=[(1,)])
+    assert len(seen) * 2 == plain  # identity + one flip, versus identity + 3 flips
+    with pytest.raises(tw.ParameterError, match="flip axis sets"):
+        tw.predict(model, x, t, tta=[(2,)])
+
+
+def test_bfloat16_autocast_on_cpu():
+    x = torch.rand(1, 1, 20, 20)
+    net = conv_net(2)
+    t = tw.Tiling((20, 20), window=12, step=8)
+    y = tw.predict(net, x, t, amp=True, blend=tw.blend.border(2, weight=0.0))
+    assert y.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(y, net(x), rtol=0.05, atol=0.05)
+    with pytest.raises(tw.ParameterError, match="amp"):
+        tw.predict(net, x, t, amp="int8")
+
+
+@pytest.mark.parametrize(
+    ("out_dtype", "expected"),
+    [
+        ("float16", lambda p: p.half()),
+        ("argmax", lambda p: p.argmax(1, keepdim=True).to(torch.uint8)),
+        ("threshold", lambda p: (p > 0.5).to(torch.uint8)),
+        ("uint8", lambda p: (p * 255).round().to(torch.uint8)),
+    ],
+)
+def test_reduced_output_dtypes(out_dtype, expected):
+    x = torch.rand(1, 1, 16, 16)
+    t = tw.Tiling((16, 16), window=8, step=8)
+    y = tw.predict(lambda z: torch.cat([z, 1 - z], 1), x, t, out_dtype=out_dtype)
+    assert torch.equal(y, expected(torch.cat([x, 1 - x], 1)))
+
+
+def test_nonfinite_outputs_raise_with_position_or_are_refilled():
+    x = torch.rand(1, 1, 40, 40)
+    t = tw.Tiling((40, 40), window=16, step=8)
+
+    def model(z):
+        out = z.clone()
+        hit = z[:, 0, 0, 0] == x[0, 0, 8, 8]  # the window that starts at (8, 8)
+        out[hit, 0, 3, 3] = float("inf")
+        return out
+
+    with pytest.raises(tw.NonFiniteError, match=r"window 5 at start \(8, 8\)"):
+        tw.predict(model, x, t, batch_size=2)
+    y = tw.predict(model, x, t, batch_size=2, on_nonfinite="drop", blend=tw.blend.hann())
+    torch.testing.assert_close(y, x)
+
+
+def test_progress_bar_on_request(capsys):
+    x = torch.rand(1, 1, 20, 20)
+    tw.predict(lambda z: z, x, tw.Tiling((20, 20), window=8, step=4), progress=True)
+    err = capsys.readouterr().err
+    assert "16/16 windows" in err
+    assert "ETA" in err
+
+
+def test_lazy_numpy_memmap_source(tmp_path):
+    x = np.random.default_rng(0).random((1, 1, 30, 30), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    y = tw.predict(lambda z: z * 2, mm, tw.Tiling((30, 30), window=12, step=9))
+    np.testing.assert_allclose(y.numpy(), 2 * x, rtol=1e-6)
+
+
+def test_plan_estimates_and_suggests_a_batch_size():
+    t = tw.Tiling((236, 720, 510), window=128, step=108)
+    p = tw.plan(t, out_channels=2, batch_size=2, activation_bytes_per_voxel=64)
+    assert p.windows == 70
+    assert p.device_bytes == 2 * 128**3 * (4 + 8 + 64)
+    assert p.host_bytes >= 236 * 720 * 510 * 8
+    fit = tw.plan(t, out_channels=2, activation_bytes_per_voxel=64, budget_bytes=2 << 30)
+    assert fit.suggested_batch_size == (2 << 30) // (128**3 * 76)
+    ooc = tw.plan(t, out_channels=2, out=True, chunks=(64, 64, 64), block=(128, 256, 256))
+    assert ooc.windows_run >= ooc.windows
+    assert ooc.host_bytes < p.host_bytes
+    assert "windows" in str(ooc)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"model": "net"}, tw.ParameterTypeError, "callable"),
+        ({"batch_size": 0}, tw.ParameterError, "batch_size"),
+        ({"on_nonfinite": "ignore"}, tw.ParameterError, "on_nonfinite"),
+        ({"out_dtype": "int4"}, tw.ParameterError, "out_dtype"),
+        ({"model": lambda z: z[:, :, :5]}, tw.ShapeMismatchError, "on axis 0"),
+        ({"model": lambda z: z[0]}, tw.ShapeMismatchError, "model output"),
+        ({"model": lambda z: "x"}, tw.ParameterTypeError, "model output"),
+        ({"source": [1, 2]}, tw.ParameterTypeError, "source"),
+        ({"source": torch.rand(1, 1, 21, 20)}, tw.ShapeMismatchError, r"\(N, C, 20, 20\)"),
+    ],
+)
+def test_predict_errors(kwargs, error, match):
+    args = {
+        "model": lambda z: z,
+        "source": torch.rand(1, 1, 20, 20),
+        "tiling": tw.Tiling((20, 20), window=8, step=4),
+        **kwargs,
+    }
+    model, source, tiling = args.pop("model"), args.pop("source"), args.pop("tiling")
+    with pytest.raises(error, match=match):
+        tw.predict(model, source, tiling, **args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_predict_matches_cpu():  # pragma: no cover - runs on GPU machines only
+    x = torch.rand(1, 1, 64, 64, 64)
+    net = conv_net(3)
+    t = tw.Tiling((64, 64, 64), window=32, step=28)
+    cpu = tw.predict(net, x, t, blend=tw.blend.border(2, weight=0.0), device="cpu")
+    gpu = tw.predict(net.cuda(), x, t, blend=tw.blend.border(2, weight=0.0), device="cuda")
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
+
+
+# -- out of core: zarr output, blocks, journal, resume, lock -----------------------------------
+zarr = pytest.importorskip("zarr")
+
+
+def volume(shape=(1, 1, 40, 44, 36), seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).random(shape, dtype=np.float32))
+
+
+def net3d():
+    return conv_net(3)
+
+
+T3 = tw.Tiling((40, 44, 36), window=16, step=12)
+SMALL = {"chunks": (8, 8, 8), "block": (16, 16, 16)}
+
+
+def test_zarr_output_equals_in_memory(tmp_path):
+    x = volume((2, 1, 40, 44, 36))
+    net = net3d()
+    mem = tw.predict(net, x, T3, blend=tw.blend.hann())
+    info = tw.predict(
+        net, x, T3, blend=tw.blend.hann(), out=tmp_path / "o.zarr", return_info=True, **SMALL
+    )
+    z = info.output
+    assert z.shape == (2, 2, 40, 44, 36)
+    assert z.chunks == (1, 2, 8, 8, 8)
+    torch.testing.assert_close(torch.from_numpy(z[:]), mem, rtol=0, atol=2e-6)
+    assert info.blocks == 2 * 3 * 3 * 3
+    assert info.windows_run >= info.windows  # halo windows are run by each block needing them
+    reopened = tw.open_array(tmp_path / "o.zarr")
+    assert reopened.shape == (2, 2, 40, 44, 36)
+
+
+def test_reading_a_zarr_path_and_writing_argmax(tmp_path):
+    x = volume()
+    src = zarr.create_array(
+        tmp_path / "in.zarr", shape=x.shape, chunks=(1, 1, 16, 16, 16), dtype="f4"
+    )
+    src[:] = x.numpy()
+    out = tw.predict(
+        lambda z: torch.cat([z, 1 - z], 1),
+        tmp_path / "in.zarr",
+        T3,
+        out=tmp_path / "labels.zarr",
+        out_dtype="argmax",
+        **SMALL,
+    )
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out[:][:, 0], (x.numpy()[:, 0] < 0.5).astype(np.uint8))
+
+
+class Interrupt(RuntimeError):
+    pass
+
+
+def test_resume_after_a_crash_in_the_model_is_bit_identical(tmp_path):
+    x = volume()
+    net = net3d()
+    ref = tw.predict(net, x, T3, out=tmp_path / "ref.zarr", **SMALL)[:]
+    calls = {"n": 0}
+
+    def flaky(z):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise Interrupt("simulated crash")
+        return net(z)
+
+    with pytest.raises(Interrupt):
+        tw.predict(flaky, x, T3, out=tmp_path / "o.zarr", **SMALL)
+    done_before = len(list((tmp_path / "o.zarr" / ".tilewise" / "done").iterdir()))
+    assert 0 < done_before < 27
+    info = tw.predict(net, x, T3, out=tmp_path / "o.zarr", return_info=True, **SMALL)
+    assert info.blocks_skipped == done_before
+    np.testing.assert_array_equal(info.output[:], ref)
+
+
+KILL_SCRIPT = """
+import sys, time, numpy as np, torch, tilewise as tw
+torch.manual_seed(0)
+conv = torch.nn.Conv3d
+layers = [conv(1, 4, 3, padding=1), torch.nn.ReLU(), conv(4, 2, 3, padding=1)]
+net = torch.nn.Sequential(*layers).eval()
+x = torch.from_numpy(np.random.default_rng(0).random((1, 1, 40, 44, 36), dtype=np.float32))
+def slow(z):
+    time.sleep(float(sys.argv[2]))
+    return net(z)
+t = tw.Tiling((40, 44, 36), window=16, step=12)
+tw.predict(slow, x, t, out=sys.argv[1], chunks=(8, 8, 8), block=(16, 16, 16))
+"""
+
+
+def test_resume_after_kill_9_is_bit_identical(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT)
+    out = tmp_path / "o.zarr"
+    proc = subprocess.Popen([sys.executable, str(script), str(out), "0.02"])
+    done = out / ".tilewise" / "done"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not done.exists() or len(list(done.iterdir())) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / ".tilewise" / "lock").exists()  # left behind by the killed writer
+    finished = len(list(done.iterdir()))
+    assert 3 <= finished < 27
+    subprocess.run([sys.executable, str(script), str(out), "0"], check=True)
+    ref = tmp_path / "ref.zarr"
+    subprocess.run([sys.executable, str(script), str(ref), "0"], check=True)
+    np.testing.assert_array_equal(zarr.open_array(out)[:], zarr.open_array(ref)[:])
+    assert not (out / ".tilewise" / "lock").exists()
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    x = volume()
+    out = tmp_path / "o.zarr"
+    tw.predict(lambda z: z, x, T3, out=out, **SMALL)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        import socket
+
+        (out / ".tilewise" / "lock").write_text(
+            json.dumps({"pid": holder.pid, "host": socket.gethostname(), "time": 0})
+        )
+        with pytest.raises(tw.ConcurrentWriterError, match=f"process {holder.pid}"):
+            tw.predict(lambda z: z, x, T3, out=out, **SMALL)
+    finally:
+        holder.kill()
+        holder.wait()
+    tw.predict(lambda z: z, x, T3, out=out, **SMALL)  # the holder is gone: stale lock taken
+
+
+def test_other_settings_are_refused_unless_overwrite(tmp_path):
+    x = volume()
+    out = tmp_path / "o.zarr"
+    tw.predict(lambda z: z, x, T3, out=out, **SMALL)
+    with pytest.raises(tw.ResumeMismatchError, match="blend"):
+        tw.predict(lambda z: z, x, T3, out=out, blend=tw.blend.hann(), **SMALL)
+    z = tw.predict(lambda z: 2 * z, x, T3, out=out, blend=tw.blend.hann(), overwrite=True, **SMALL)
+    np.testing.assert_allclose(z[:], 2 * x.numpy(), rtol=1e-6)
+
+
+def test_ome_zarr_in_gives_ome_zarr_out_with_the_same_geometry(tmp_path):
+    x = volume()
+    info = tw.ArrayInfo(
+        format="ome-zarr",
+        source="",
+        axes=("n", "c", "z", "y", "x"),
+        voxel_size=(2.0, 0.5, 0.5),
+        origin=(10.0, 0.0, 5.0),
+        units=("micrometer",) * 3,
+        chunks=None,
+        level=0,
+    )
+    src = tw.create_zarr(
+        tmp_path / "in.ome.zarr",
+        x.shape,
+        np.float32,
+        chunks=(1, 1, 16, 16, 16),
+        info=info,
+        ome=True,
+    )
+    src[:] = x.numpy()
+    out = tw.predict(
+        lambda z: z, tmp_path / "in.ome.zarr", T3, out=tmp_path / "out.ome.zarr", **SMALL
+    )
+    back = tw.open_array(tmp_path / "out.ome.zarr")
+    assert back.info.format == "ome-zarr"
+    assert back.info.voxel_size == (2.0, 0.5, 0.5)
+    assert back.info.origin == (10.0, 0.0, 5.0)
+    np.testing.assert_allclose(np.asarray(back), x.numpy(), rtol=1e-6)
+    assert out.shape == x.shape
+
+
+def test_several_heads_to_zarr(tmp_path):
+    x = volume()
+    out = tw.predict(lambda z: {"a": z, "b": -z}, x, T3, out=tmp_path / "h.zarr", **SMALL)
+    assert set(out) == {"a", "b"}
+    np.testing.assert_allclose(out["b"][:], -x.numpy(), rtol=1e-6)
