@@ -297,6 +297,14 @@ class _Runner:
         self.pin = device.type == "cuda"
         self.layout = self._probe()
 
+    def accumulate_on(self, nbytes: int) -> torch.device:
+        """Accumulate on the model's GPU when the result fits in half its free memory."""
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if nbytes * 2 < free:
+                return self.device
+        return torch.device("cpu")
+
     def _call(self, x: torch.Tensor) -> list[tuple[str | None, torch.Tensor]]:
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -469,7 +477,7 @@ def _fill_dropped(acc: torch.Tensor, deficit: torch.Tensor | None, where: str) -
     """Rescale where dropped windows left weight missing; refuse voxels nothing else covers."""
     if deficit is None:
         return acc
-    have = 1.0 - deficit.to(acc.dtype)
+    have = 1.0 - deficit.to(device=acc.device, dtype=acc.dtype)
     if bool((have <= 1e-6).any()):
         raise NonFiniteError(
             message(
@@ -721,7 +729,13 @@ def _in_memory(
     runner: _Runner, n_img: int, out_dtype: str, threshold: float, bar: _Progress
 ) -> Any:
     lay = runner.layout
-    stitchers = [Stitcher(t, n=n_img, blend=runner.blend, device="cpu") for t in lay.out_tilings]
+    dev = runner.accumulate_on(
+        sum(
+            n_img * h.channels * math.prod(t.shape) * 4
+            for h, t in zip(lay.heads, lay.out_tilings, strict=True)
+        )
+    )
+    stitchers = [Stitcher(t, n=n_img, blend=runner.blend, device=dev) for t in lay.out_tilings]
     drops = _deficit_stitchers(runner, n_img, None)
     for n in range(n_img):
         runner.run_block(n, stitchers, drops, bar)
@@ -730,7 +744,7 @@ def _in_memory(
         acc = _finish(st, drops[i] if drops else None, "the array")
         if out_dtype != "float32":
             acc = torch.from_numpy(convert_block(acc, out_dtype, threshold))
-        results[h.name] = acc
+        results[h.name] = acc.cpu()
     return results[None] if not lay.multi else results
 
 
@@ -833,8 +847,9 @@ def _run_block(
     bar: _Progress,
 ) -> None:
     lay = runner.layout
+    dev = runner.accumulate_on(sum(h.channels * math.prod(b.shape) * 4 for h in lay.heads))
     stitchers = [
-        Stitcher(t, n=1, blend=runner.blend, device="cpu", region=b.region) for t in lay.out_tilings
+        Stitcher(t, n=1, blend=runner.blend, device=dev, region=b.region) for t in lay.out_tilings
     ]
     drops = _deficit_stitchers(runner, 1, b.region)
     runner.run_block(b.n, stitchers, drops, bar)

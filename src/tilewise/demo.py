@@ -69,12 +69,9 @@ def run(
         t0 = time.perf_counter()
         whole = net(x)
         t_whole = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        stitcher = tw.Stitcher(tiling, blend=blend)
-        for idx, batch in tw.extract_batches(x, tiling, batch_size, reuse=True):
-            stitcher.add(net(batch), idx)
-        tiled = stitcher.result()
-        t_tiled = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tiled = tw.predict(net, x, tiling, blend=blend, batch_size=batch_size, device="cpu")
+    t_tiled = time.perf_counter() - t0
     return {
         "windows": float(len(tiling)),
         "seconds_whole": t_whole,
