@@ -163,7 +163,8 @@ def test_plan_estimates_and_suggests_a_batch_size():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"model": "net"}, tw.ParameterTypeError, "callable"),
+        ({"model": 42}, tw.ParameterTypeError, "callable"),
+        ({"model": "missing.pt"}, tw.ParameterError, "TorchScript"),
         ({"batch_size": 0}, tw.ParameterError, "batch_size"),
         ({"on_nonfinite": "ignore"}, tw.ParameterError, "on_nonfinite"),
         ({"out_dtype": "int4"}, tw.ParameterError, "out_dtype"),

@@ -34,6 +34,7 @@ from tilewise._io import (
     create_zarr,
     open_array,
 )
+from tilewise._models import ModelFactory, load_model
 from tilewise._predict import MemoryPlan, Prediction, plan, predict
 from tilewise._sampling import (
     CleanReport,
@@ -57,6 +58,7 @@ __all__ = [
     "LazyArray",
     "MemoryPlan",
     "MissingWindowError",
+    "ModelFactory",
     "NonFiniteError",
     "OmeZarrArray",
     "ParameterError",
@@ -78,6 +80,7 @@ __all__ = [
     "create_zarr",
     "extract",
     "extract_batches",
+    "load_model",
     "open_array",
     "plan",
     "predict",

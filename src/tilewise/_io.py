@@ -907,6 +907,28 @@ def _open_zarr(
                 fix="check the path or URL (zarr stores are directories)",
             )
         ) from None
+    except (ValueError, ImportError) as err:
+        if "protocol" not in str(err).lower():
+            raise
+        raise ParameterError(
+            message(
+                "source",
+                expected="a local path or a URL with a protocol fsspec knows (s3://, gs://, "
+                "http(s)://, file://)",
+                received=f"{source!r}: {err}",
+                fix="check the URL, or install the protocol's package (s3fs for s3://, "
+                "aiohttp for http://)",
+            )
+        ) from None
+    except PermissionError:
+        raise ParameterError(
+            message(
+                "source",
+                expected="a store these credentials may read",
+                received=f"{source!r}: permission denied",
+                fix="check the credentials in your fsspec/boto configuration",
+            )
+        ) from None
     return _open_zarr_node(node, source, level=level, dataset=dataset, axes=axes, reopen=reopen)
 
 

@@ -11,15 +11,16 @@ blocks and gives a bit-identical result, and (later) blocks can run on different
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -35,7 +36,17 @@ from tilewise._errors import (
 )
 from tilewise._extract import check_tiling, copy_box, fill_padding
 from tilewise._geometry import Tiling
-from tilewise._sink import Block, Journal, blocks, convert_block, stored_channels, stored_dtype
+from tilewise._models import resolve_model
+from tilewise._sink import (
+    Block,
+    Journal,
+    blocks,
+    check_writable,
+    convert_block,
+    is_url,
+    stored_channels,
+    stored_dtype,
+)
 from tilewise._stitch import Stitcher, weight_plan
 from tilewise._weights import contiguous_boxes
 from tilewise.blend import Blend, uniform
@@ -550,6 +561,9 @@ def predict(
     progress: bool | None = None,
     ome: bool | None = None,
     overwrite: bool = False,
+    client: Any = None,
+    cluster: Literal["local"] | None = None,
+    workers: int = 2,
     return_info: bool = False,
 ) -> Any:
     """Run ``model`` over ``source`` window by window and stitch the outputs.
@@ -559,7 +573,9 @@ def predict(
     model
         Any callable (a ``torch.nn.Module``) mapping ``(B, C, *window)`` to ``(B, C_out, *w)``
         where ``w`` is the window, a centred crop of it (valid convolutions), or an integer up-
-        or down-scale of it; or a tuple/list/dict of such tensors (several heads).
+        or down-scale of it; or a tuple/list/dict of such tensors (several heads). Also a
+        TorchScript/torch.export file path or a :class:`~tilewise.ModelFactory` (how a model
+        reaches dask workers: loaded once per worker).
     source
         ``(N, C, *spatial)``: a tensor, numpy array/memmap, zarr/h5py array, or a path/URL
         (opened with :func:`tilewise.open_array`). Only the regions the windows need are read.
@@ -597,6 +613,12 @@ def predict(
         Show a progress bar (default: only on a terminal).
     overwrite
         Start an existing output afresh instead of resuming it.
+    client, cluster, workers
+        Run the blocks as tasks on a ``distributed.Client`` (``client=``), or on a
+        ``LocalCluster`` of ``workers`` processes started for this call (``cluster="local"``).
+        Each task reads its block's input region, runs the model, stitches and writes only its
+        own block: no two tasks write one chunk, and the result equals the single-process one.
+        Needs ``out`` (a path or URL every worker can reach).
     return_info
         Return a :class:`Prediction` with timings and counts instead of only the output.
 
@@ -613,15 +635,7 @@ def predict(
     """
     t0 = time.perf_counter()
     check_tiling(tiling)
-    if not callable(model):
-        raise ParameterTypeError(
-            message(
-                "model",
-                expected="a callable (e.g. a torch.nn.Module)",
-                received=type(model).__name__,
-                fix="pass the network",
-            )
-        )
+    model_fn = resolve_model(model)
     src = _as_source(source, tiling)
     shape = shape_of(src, "source")
     tiling.check_array_shape(shape, "source")
@@ -654,7 +668,7 @@ def predict(
     )
     blend = uniform() if blend is None else blend
     runner = _Runner(
-        model,
+        model_fn,
         src,
         tiling,
         blend,
@@ -671,22 +685,49 @@ def predict(
     n_img = shape[0]
     total = n_img * len(lay.in_tiling)
     bar = _Progress(total, progress)
+    if (client is not None or cluster is not None) and out is None:
+        raise ParameterError(
+            message(
+                "out",
+                expected="an output path or URL when running on a dask cluster",
+                received="out=None",
+                fix="pass out='result.zarr' (or an s3:// URL every worker can reach)",
+            )
+        )
     try:
         if out is None:
             result, nblocks, skipped = _in_memory(runner, n_img, out_dtype, threshold, bar), 1, 0
         else:
+            job = _Job(
+                token=uuid.uuid4().hex,
+                model=model,
+                source=src,
+                tiling=tiling,
+                blend=blend,
+                batch_size=int(batch_size),
+                device=str(dev),
+                amp=amp,
+                tta=tuple(runner.tta),
+                on_nonfinite=on_nonfinite,
+                pad_mode=pad_mode,
+                out=os.fspath(out),
+                out_dtype=out_dtype,
+                threshold=threshold,
+                outputs=(),
+            )
             result, nblocks, skipped = _to_zarr(
                 runner,
+                job,
                 n_img,
-                Path(out),
-                out_dtype,
-                threshold,
                 chunks,
                 block,
                 bar,
                 ome,
                 overwrite,
                 src,
+                client,
+                cluster,
+                workers,
             )
     finally:
         bar.close()
@@ -748,21 +789,86 @@ def _in_memory(
     return results[None] if not lay.multi else results
 
 
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs to run blocks of one ``predict`` call (picklable)."""
+
+    token: str
+    model: Any
+    source: Any
+    tiling: Tiling
+    blend: Blend
+    batch_size: int
+    device: str
+    amp: Any
+    tta: tuple[tuple[int, ...], ...]
+    on_nonfinite: NonFinite
+    pad_mode: str
+    out: str
+    out_dtype: str
+    threshold: float
+    outputs: tuple[tuple[str | None, str, tuple[int, ...], str, tuple[int, ...], Any, bool], ...]
+
+
+def _open_outputs(job: _Job) -> dict[str | None, Any]:
+    from tilewise._io import create_zarr  # zarr is an optional extra
+
+    return {
+        name: create_zarr(target, shape, dtype, chunks=chunks, info=info, ome=ome)
+        for name, target, shape, dtype, chunks, info, ome in job.outputs
+    }
+
+
+_WORKER_STATE: dict[str, tuple[_Runner, dict[str | None, Any]]] = {}
+
+
+def _job_state(job: _Job) -> tuple[_Runner, dict[str | None, Any]]:
+    """The model and outputs of a job, built once per worker process."""
+    if job.token not in _WORKER_STATE:
+        dev = torch.device(job.device)
+        runner = _Runner(
+            resolve_model(job.model),
+            job.source,
+            job.tiling,
+            job.blend,
+            job.batch_size,
+            dev,
+            _amp_dtype(job.amp, dev),
+            job.tta,
+            job.on_nonfinite,
+            job.pad_mode,
+        )
+        _WORKER_STATE.clear()  # one job at a time per worker: free the previous model
+        _WORKER_STATE[job.token] = (runner, _open_outputs(job))
+    return _WORKER_STATE[job.token]
+
+
+def run_job_block(job: _Job, b: Block) -> tuple[str, int]:
+    """A dask task: run, write and journal one block (skipped if already finished)."""
+    files = Journal(job.out, {}).files
+    if files.exists(files.path(".tilewise", "done", b.key)):
+        return b.key, 0  # a retry of a task whose block was written before its worker died
+    runner, arrays = _job_state(job)
+    before = runner.windows_run
+    _run_block(runner, b, arrays, job.out_dtype, job.threshold, _Progress(0, False))
+    Journal(job.out, {}).mark(b)
+    return b.key, runner.windows_run - before
+
+
 def _to_zarr(
     runner: _Runner,
+    job: _Job,
     n_img: int,
-    path: Path,
-    out_dtype: str,
-    threshold: float,
     chunks: Sequence[int] | None,
     block: Sequence[int] | None,
     bar: _Progress,
     ome: bool | None,
     overwrite: bool,
     src: Any,
+    client: Any,
+    cluster: str | None,
+    workers: int,
 ) -> tuple[Any, int, int]:
-    from tilewise._io import create_zarr  # zarr is an optional extra
-
     lay = runner.layout
     ref = lay.out_tilings[0]
     if any(t.shape != ref.shape for t in lay.out_tilings):
@@ -799,8 +905,8 @@ def _to_zarr(
     settings = {
         "tiling": runner.tiling.to_dict(),
         "blend": repr(runner.blend),
-        "out_dtype": out_dtype,
-        "threshold": threshold,
+        "out_dtype": job.out_dtype,
+        "threshold": job.threshold,
         "chunks": list(ch),
         "block": list(block),
         "heads": [h.name for h in lay.heads],
@@ -808,34 +914,57 @@ def _to_zarr(
         "batch_size": runner.batch_size,
         "shape": list(runner.shape),
     }
-    if overwrite and path.exists():
-        import shutil
-
-        shutil.rmtree(path)
-    arrays = {}
-    for h in lay.heads:
-        target = path if not lay.multi else path / str(h.name)
-        arrays[h.name] = create_zarr(
-            target,
-            (n_img, stored_channels(out_dtype, h.channels), *ref.shape),
-            stored_dtype(out_dtype, h.channels),
-            chunks=(1, stored_channels(out_dtype, h.channels), *ch),
-            info=info,
-            ome=use_ome and not lay.multi,
+    check_writable(job.out)
+    if overwrite:
+        _remove_store(job.out)
+    outputs = tuple(
+        (
+            h.name,
+            job.out if not lay.multi else job.out.rstrip("/") + "/" + str(h.name),
+            (n_img, stored_channels(job.out_dtype, h.channels), *ref.shape),
+            str(stored_dtype(job.out_dtype, h.channels)),
+            (1, stored_channels(job.out_dtype, h.channels), *ch),
+            info,
+            use_ome and not lay.multi,
         )
-    skipped = 0
-    with Journal(path, settings) as journal:
+        for h in lay.heads
+    )
+    job = dataclasses.replace(job, outputs=outputs)
+    arrays = _open_outputs(job)
+    with Journal(job.out, settings) as journal:
         done = journal.done()
         todo = [b for b in blist if b.key not in done]
         skipped = len(blist) - len(todo)
-        bar.total = sum(
-            len(Stitcher(ref, n=1, blend=runner.blend, region=b.region).needed) for b in todo
-        )
-        for b in todo:
-            _run_block(runner, b, arrays, out_dtype, threshold, bar)
-            journal.mark(b)
+        work = {
+            b.key: len(Stitcher(ref, n=1, blend=runner.blend, region=b.region).needed) for b in todo
+        }
+        bar.total = sum(work.values())
+        if client is None and cluster is None:
+            for b in todo:
+                _run_block(runner, b, arrays, job.out_dtype, job.threshold, bar)
+                journal.mark(b)
+        else:
+            from tilewise._distributed import run_blocks  # dask is an optional extra
+
+            runner.windows_run += run_blocks(job, todo, work, bar, client, workers)
     res = arrays[None] if not lay.multi else arrays
     return res, len(blist), skipped
+
+
+def _remove_store(out: str) -> None:
+    """Delete an output store (local directory or remote prefix) to start afresh."""
+    if is_url(out):
+        import fsspec
+
+        fs, base = fsspec.core.url_to_fs(out)
+        if fs.exists(base):
+            fs.rm(base, recursive=True)
+    else:
+        import shutil
+
+        target = out.removeprefix("file://")
+        if os.path.exists(target):
+            shutil.rmtree(target)
 
 
 def _run_block(

@@ -35,7 +35,9 @@ __all__ = [
     "OutDtype",
     "ResumeMismatchError",
     "blocks",
+    "check_writable",
     "convert_block",
+    "is_url",
     "stored_dtype",
 ]
 
@@ -130,26 +132,149 @@ def convert_block(acc: torch.Tensor, out_dtype: str, threshold: float) -> np.nda
     return arr.astype(np.uint16) if arr.dtype == np.int32 else arr
 
 
+def is_url(path: str) -> bool:
+    """Whether ``path`` names a remote store (``s3://``, ``http://``...), not a local path."""
+    return "://" in path and not path.startswith("file://")
+
+
+class _Files:
+    """The few file operations the journal needs, on a local directory or through fsspec."""
+
+    def __init__(self, root: str) -> None:
+        self.remote = is_url(root)
+        if self.remote:
+            import fsspec  # remote stores need fsspec (installed with zarr's remote support)
+
+            self.fs, self.base = fsspec.core.url_to_fs(root)
+        else:
+            self.base = root.removeprefix("file://")
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.base.rstrip("/"), *parts])
+
+    def makedirs(self, path: str) -> None:
+        if self.remote:
+            self.fs.makedirs(path, exist_ok=True)
+        else:
+            Path(path).mkdir(parents=True, exist_ok=True)
+
+    def exists(self, path: str) -> bool:
+        return bool(self.fs.exists(path)) if self.remote else os.path.exists(path)
+
+    def read(self, path: str) -> str:
+        if self.remote:
+            return str(self.fs.cat_file(path).decode())
+        return Path(path).read_text()
+
+    def write(self, path: str, text: str) -> None:
+        if self.remote:
+            self.fs.pipe_file(path, text.encode())
+            return
+        tmp = path + ".tmp"
+        Path(tmp).write_text(text)
+        os.replace(tmp, path)
+
+    def create(self, path: str, text: str) -> bool:
+        """Create ``path`` only if it does not exist; False if it does."""
+        if self.remote:
+            if self.fs.exists(path):
+                return False
+            self.fs.pipe_file(path, text.encode())
+            return True
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+
+    def remove(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if self.remote:
+                self.fs.rm_file(path)
+            else:
+                os.unlink(path)
+
+    def names(self, path: str) -> set[str]:
+        if self.remote:
+            if not self.fs.exists(path):
+                return set()
+            return {p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False)}
+        return set(os.listdir(path)) if os.path.isdir(path) else set()
+
+
+def check_writable(root: str) -> None:
+    """Refuse, before anything is computed, an output location that cannot be written."""
+    if not is_url(root):
+        parent = Path(root.removeprefix("file://")).resolve().parent
+        if not parent.exists():
+            raise ParameterError(
+                message(
+                    "out",
+                    expected="a path whose parent directory exists",
+                    received=f"{root!r} ({parent} does not exist)",
+                    fix="create the directory first, or choose another output path",
+                )
+            )
+        return
+    try:
+        files = _Files(root)
+    except (ValueError, ImportError) as err:
+        raise ParameterError(
+            message(
+                "out",
+                expected="a URL with a protocol fsspec knows (s3://, gs://, file://...)",
+                received=f"{root!r}: {err}",
+                fix="check the URL, or install the protocol's package (s3fs for s3://)",
+            )
+        ) from None
+    probe = files.path(".tilewise", "probe")
+    try:
+        files.fs.pipe_file(probe, b"")
+        files.remove(probe)
+    except FileNotFoundError:
+        raise ParameterError(
+            message(
+                "out",
+                expected="an existing bucket or container",
+                received=f"{root!r}: the bucket does not exist",
+                fix="create the bucket first, or check its name",
+            )
+        ) from None
+    except Exception as err:  # every store fails in its own way; all of them mean "no"
+        kind = "permission denied" if isinstance(err, PermissionError) else type(err).__name__
+        raise ParameterError(
+            message(
+                "out",
+                expected="a location these credentials may write (http(s):// is read-only)",
+                received=f"{root!r}: {kind}",
+                fix="check the credentials in your fsspec/boto configuration, or write elsewhere",
+            )
+        ) from None
+
+
 class Journal:
     """Finished-block markers and the writer lock, under ``<root>/.tilewise``.
 
-    ``settings`` are stored on first use; a later run with different settings is refused
-    (rerun with ``overwrite=True`` to start again).
+    ``root`` is a local path or a URL (``s3://...``). ``settings`` are stored on first use; a
+    later run with different settings is refused (rerun with ``overwrite=True`` to start again).
     """
 
     def __init__(self, root: str | os.PathLike[str], settings: dict[str, Any]) -> None:
-        self.dir = Path(root) / ".tilewise"
-        self.done_dir = self.dir / "done"
+        self.files = _Files(os.fspath(root))
+        self.dir = self.files.path(".tilewise")
+        self.done_dir = self.files.path(".tilewise", "done")
         self.settings = json.loads(json.dumps(settings, default=str))
         self._locked = False
 
     def open(self) -> None:
         """Take the lock and check (or record) the run's settings."""
-        self.done_dir.mkdir(parents=True, exist_ok=True)
+        self.files.makedirs(self.done_dir)
         self._lock()
-        run = self.dir / "run.json"
-        if run.exists():
-            old = json.loads(run.read_text())
+        run = self.files.path(".tilewise", "run.json")
+        if self.files.exists(run):
+            old = json.loads(self.files.read(run))
             if old != self.settings:
                 diff = sorted(
                     k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k)
@@ -165,54 +290,44 @@ class Journal:
                     )
                 )
         else:
-            tmp = run.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.settings, sort_keys=True, indent=1))
-            tmp.replace(run)
+            self.files.write(run, json.dumps(self.settings, sort_keys=True, indent=1))
 
     def _lock(self) -> None:
-        lock = self.dir / "lock"
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+        lock = self.files.path(".tilewise", "lock")
+        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
         for _ in range(2):
+            if self.files.create(lock, me):
+                self._locked = True
+                return
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    other = json.loads(lock.read_text() or "{}")
-                except (OSError, ValueError):
-                    other = {}
-                if _alive(other):
-                    raise ConcurrentWriterError(
-                        message(
-                            "out",
-                            expected="no other process writing this output",
-                            received=f"process {other.get('pid')} on {other.get('host')} holds "
-                            f"{lock}",
-                            fix="wait for it to finish (or stop it); if it is gone, delete the "
-                            "lock file",
-                        )
-                    ) from None
-                with contextlib.suppress(FileNotFoundError):
-                    lock.unlink()  # stale: its writer died (e.g. kill -9)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self._locked = True
-            return
+                other = json.loads(self.files.read(lock) or "{}")
+            except (OSError, ValueError):
+                other = {}
+            if _alive(other):
+                raise ConcurrentWriterError(
+                    message(
+                        "out",
+                        expected="no other process writing this output",
+                        received=f"process {other.get('pid')} on {other.get('host')} holds {lock}",
+                        fix="wait for it to finish (or stop it); if it is gone, delete the "
+                        "lock file",
+                    )
+                )
+            self.files.remove(lock)  # stale: its writer died (e.g. kill -9)
 
     def close(self) -> None:
         """Release the lock."""
         if self._locked:
-            with contextlib.suppress(FileNotFoundError):
-                (self.dir / "lock").unlink()
+            self.files.remove(self.files.path(".tilewise", "lock"))
             self._locked = False
 
     def done(self) -> set[str]:
         """Keys of the finished blocks."""
-        return {p.name for p in self.done_dir.iterdir()} if self.done_dir.exists() else set()
+        return self.files.names(self.done_dir)
 
     def mark(self, block: Block) -> None:
         """Record a block as finished (after its data are written)."""
-        (self.done_dir / block.key).touch()
+        self.files.write(self.files.path(".tilewise", "done", block.key), "")
 
     def __enter__(self) -> Journal:
         self.open()

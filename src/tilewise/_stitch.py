@@ -133,8 +133,9 @@ class Stitcher:
     region
         Stitch only this box of the array, ``((start, stop), ...)`` per tiled axis: the result
         has the region's shape, only the windows that touch it count (others are accepted and
-        ignored), and the values are exactly those of the whole stitched array there. This is
-        how blocks of an out-of-core or distributed result are made independently.
+        ignored), and the values are those of the whole stitched array there (up to the last
+        bit: additions may happen in another order). This is how blocks of an out-of-core or
+        distributed result are made independently, each always computed the same way.
 
     Examples
     --------

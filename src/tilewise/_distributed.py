@@ -1,0 +1,101 @@
+"""Running ``predict``'s output blocks as tasks on a dask.distributed cluster.
+
+Each block is one task: it reads the input region its windows need, runs the model, stitches and
+writes only its own chunk-aligned block, then leaves a marker in the journal. Blocks never share a
+chunk, so workers write without locks; windows that straddle blocks are run by each block that
+needs them, so a block's values do not depend on where or when it ran. A task whose worker dies is
+rerun elsewhere by the scheduler; a task that finds its block already journalled returns at once,
+so no finished block is written twice.
+
+The job (model, source and settings) is scattered once to every worker; the model is built once
+per worker process, not once per task.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tilewise._errors import ParameterError, message
+
+if TYPE_CHECKING:
+    from tilewise._predict import _Job, _Progress
+    from tilewise._sink import Block
+
+__all__ = ["run_blocks"]
+
+
+def _distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise ImportError(
+            "running predict on a dask cluster needs dask.distributed: pip install 'tilewise[dask]'"
+        ) from None
+    return distributed
+
+
+def run_blocks(
+    job: _Job,
+    todo: list[Block],
+    work: dict[str, int],
+    bar: _Progress,
+    client: Any,
+    workers: int,
+) -> int:
+    """Run ``todo`` blocks on ``client`` (or a LocalCluster of ``workers``); windows run."""
+    from tilewise._predict import run_job_block
+
+    distributed = _distributed()
+    own = None
+    if client is None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ParameterError(
+                message(
+                    "workers",
+                    expected="a positive number of worker processes",
+                    received=repr(workers),
+                    fix="pass e.g. workers=2",
+                )
+            )
+        cluster = distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+        )
+        own = client = distributed.Client(cluster)
+    elif not isinstance(client, distributed.Client):
+        raise ParameterError(
+            message(
+                "client",
+                expected="a distributed.Client",
+                received=type(client).__name__,
+                fix="connect one with distributed.Client(scheduler_address)",
+            )
+        )
+    try:
+        shared = client.scatter(job, broadcast=True, hash=False)
+        futures = [
+            client.submit(
+                run_job_block,
+                shared,
+                b,
+                key=f"tilewise-block-{job.token}-{b.key}",
+                pure=False,
+                retries=3,
+            )
+            for b in todo
+        ]
+        run = 0
+        try:
+            for fut in distributed.as_completed(futures):
+                key, windows = fut.result()
+                run += windows
+                bar.update(work.get(key, 0))
+        except BaseException:
+            client.cancel(futures)  # start no further blocks; finished ones stay journalled
+            raise
+        return run
+    finally:
+        if own is not None:
+            cluster_obj = own.cluster
+            own.close()
+            if cluster_obj is not None:
+                cluster_obj.close()
