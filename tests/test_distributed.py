@@ -155,9 +155,11 @@ def test_local_cluster_on_request(volume, reference, tmp_path):
     np.testing.assert_allclose(out[:], reference, rtol=0, atol=1e-6)
 
 
-def test_distributed_needs_an_output_path(client, volume):
+def test_distributed_needs_an_output_path(client, volume, tmp_path):
     x, _ = volume
     with pytest.raises(tw.ParameterError, match="output path or URL"):
         tw.predict(conv3d(), torch.from_numpy(x), T, client=client)
     with pytest.raises(tw.ParameterError, match=r"distributed\.Client"):
-        tw.predict(conv3d(), torch.from_numpy(x), T, out="x.zarr", client="localhost:8786")
+        tw.predict(
+            conv3d(), torch.from_numpy(x), T, out=tmp_path / "x.zarr", client="localhost:8786"
+        )

@@ -258,14 +258,15 @@ def test_resume_after_a_crash_in_the_model_is_bit_identical(tmp_path):
     ref = tw.predict(net, x, T3, out=tmp_path / "ref.zarr", **SMALL)[:]
     calls = {"n": 0}
 
-    def flaky(z):
+    def crash_on_ninth_call(module, args, output):
         calls["n"] += 1
         if calls["n"] == 9:
             raise Interrupt("simulated crash")
-        return net(z)
 
+    hook = net.register_forward_hook(crash_on_ninth_call)  # same network, same weights
     with pytest.raises(Interrupt):
-        tw.predict(flaky, x, T3, out=tmp_path / "o.zarr", **SMALL)
+        tw.predict(net, x, T3, out=tmp_path / "o.zarr", **SMALL)
+    hook.remove()
     done_before = len(list((tmp_path / "o.zarr" / ".tilewise" / "done").iterdir()))
     assert 0 < done_before < 27
     info = tw.predict(net, x, T3, out=tmp_path / "o.zarr", return_info=True, **SMALL)
@@ -384,3 +385,151 @@ def test_several_heads_to_zarr(tmp_path):
     out = tw.predict(lambda z: {"a": z, "b": -z}, x, T3, out=tmp_path / "h.zarr", **SMALL)
     assert set(out) == {"a", "b"}
     np.testing.assert_allclose(out["b"][:], -x.numpy(), rtol=1e-6)
+
+
+# -- regressions found in review -----------------------------------------------------------------
+def test_a_crop_whose_size_divides_the_window_is_not_taken_for_a_downscale():
+    x = torch.rand(1, 1, 24, 24)
+    net = torch.nn.Conv2d(1, 1, 7)  # window 12 -> 6: a crop of 3, or a downscale by 2?
+    y = tw.predict(net, x, tw.Tiling((24, 24), window=12, step=4))
+    with torch.no_grad():
+        whole = net(F.pad(x, (3, 3, 3, 3), mode="reflect"))
+    torch.testing.assert_close(y, whole, rtol=0, atol=2e-6)
+    pooled = tw.predict(lambda z: F.avg_pool2d(z, 2), x, tw.Tiling((24, 24), window=12, step=4))
+    torch.testing.assert_close(pooled, F.avg_pool2d(x, 2))
+    with pytest.raises(tw.ShapeMismatchError, match="crop and scale together"):
+        tw.predict(lambda z: F.avg_pool2d(z[:, :, 2:-2, 2:-2], 2), x, tw.Tiling((24, 24), 12, 4))
+
+
+def test_scaling_with_virtual_padding_is_refused():
+    t = tw.Tiling((10,), window=15, step=4, pad="reflect")
+    with pytest.raises(tw.ParameterError, match="no virtual padding"):
+        tw.predict(lambda z: F.interpolate(z, scale_factor=2), torch.rand(1, 1, 10), t)
+
+
+def test_tta_with_a_model_that_works_in_place():
+    x = torch.rand(1, 1, 12, 12)
+
+    def in_place(z):
+        return z.mul_(2)
+
+    y = tw.predict(in_place, x, tw.Tiling((12, 12), window=6, step=4), tta=True)
+    torch.testing.assert_close(y, 2 * x)
+
+
+def test_float64_sources_reach_float64_models():
+    x = torch.rand(1, 1, 12, 12, dtype=torch.float64)
+    net = torch.nn.Conv2d(1, 1, 3, padding=1).double()
+    y = tw.predict(net, x, tw.Tiling((12, 12), window=6, step=4), blend=tw.blend.border(1, 0.0))
+    with torch.no_grad():
+        torch.testing.assert_close(y, net(x).float(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_block_with_every_window_dropped_says_so(tmp_path):
+    x = torch.rand(1, 1, 16, 16)
+    with pytest.raises(tw.NonFiniteError, match="every window"):
+        tw.predict(
+            lambda z: z * float("nan"),
+            x,
+            tw.Tiling((16, 16), 8, 4),
+            on_nonfinite="drop",
+            out=tmp_path / "o.zarr",
+            chunks=(8, 8),
+            block=(8, 8),
+        )
+
+
+def test_overwrite_waits_for_the_lock(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    x = volume()
+    out = tmp_path / "o.zarr"
+    tw.predict(lambda z: z, x, T3, out=out, **SMALL)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (out / ".tilewise" / "lock").write_text(
+            json.dumps({"pid": holder.pid, "host": socket.gethostname(), "time": 0})
+        )
+        with pytest.raises(tw.ConcurrentWriterError):
+            tw.predict(lambda z: 2 * z, x, T3, out=out, overwrite=True, **SMALL)
+        assert len(list((out / ".tilewise" / "done").iterdir())) == 27  # nothing was deleted
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_resume_refuses_other_pad_mode_and_overlapping_output(tmp_path):
+    x = volume()
+    src = zarr.create_array(
+        tmp_path / "in.zarr", shape=x.shape, chunks=(1, 1, 16, 16, 16), dtype="f4"
+    )
+    src[:] = x.numpy()
+    valid = torch.nn.Conv3d(1, 1, 3)
+    out = tmp_path / "o.zarr"
+    tw.predict(valid, src, T3, out=out, **SMALL)
+    with pytest.raises(tw.ResumeMismatchError, match="pad_mode"):
+        tw.predict(valid, src, T3, out=out, pad_mode="replicate", **SMALL)
+    with pytest.raises(tw.ResumeMismatchError, match="model"):
+        tw.predict(torch.nn.Conv3d(1, 1, 3), src, T3, out=out, **SMALL)
+    with pytest.raises(tw.ParameterError, match="apart from the input"):
+        tw.predict(valid, tmp_path / "in.zarr", T3, out=tmp_path / "in.zarr", **SMALL)
+
+
+def test_scaled_outputs_carry_their_own_voxel_size(tmp_path):
+    x = volume()
+    info = tw.ArrayInfo(
+        format="ome-zarr",
+        source="",
+        axes=("n", "c", "z", "y", "x"),
+        voxel_size=(2.0, 0.5, 0.5),
+        origin=(0.0, 0.0, 0.0),
+        units=("micrometer",) * 3,
+        chunks=None,
+        level=0,
+    )
+    src = tw.create_zarr(
+        tmp_path / "in.ome.zarr", x.shape, np.float32, chunks=(1, 1, 8, 8, 8), info=info, ome=True
+    )
+    src[:] = x.numpy()
+    tw.predict(
+        lambda z: F.avg_pool3d(z, 2),
+        tmp_path / "in.ome.zarr",
+        T3,
+        out=tmp_path / "o.ome.zarr",
+        chunks=(4, 4, 4),
+    )
+    back = tw.open_array(tmp_path / "o.ome.zarr")
+    assert back.shape == (1, 1, 20, 22, 18)
+    assert back.info.voxel_size == (4.0, 1.0, 1.0)
+    assert back.info.origin == (1.0, 0.25, 0.25)  # centre of the first 2 x 2 x 2 block
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"block": (5,)}, "block"),
+        ({"chunks": (0, 8, 8)}, "chunks"),
+        ({"device": "bogus"}, "torch device"),
+        ({"tta": "yes"}, "tta"),
+        ({"threshold": "0.5"}, "threshold"),
+        ({"pad_mode": "wrap"}, "pad_mode"),
+        ({"geometry": "guess"}, "geometry"),
+        ({"out": 5}, "out"),
+        ({"blend": "hann"}, "blend"),
+    ],
+)
+def test_bad_predict_arguments(kwargs, match):
+    with pytest.raises(tw.TilewiseError, match=match):
+        tw.predict(lambda z: z, volume(), T3, **kwargs)
+
+
+def test_bad_plan_arguments():
+    with pytest.raises(tw.TilewiseError, match="batch_size"):
+        tw.plan(T3, batch_size=0)
+    with pytest.raises(tw.TilewiseError, match="chunks"):
+        tw.plan(T3, out=True, chunks=(0, 5, 5))
+    with pytest.raises(tw.TilewiseError, match="blend"):
+        tw.plan(T3, blend="hann")

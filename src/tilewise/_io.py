@@ -1232,6 +1232,33 @@ def _open_path(source: str, *, level: int, dataset: str | None, axes: str | None
     if not os.path.exists(path):
         raise _missing(source)
     fmt = _format_of(path) or _sniff(path)
+    try:
+        return _open_format(
+            fmt, path, source, level=level, dataset=dataset, axes=axes, reopen=reopen
+        )
+    except (TilewiseError, ImportError):
+        raise
+    except Exception as err:  # a damaged or mislabelled file: each library fails its own way
+        raise ParameterError(
+            message(
+                "source",
+                expected=f"a readable {fmt or 'image'} file",
+                received=f"{source!r}: {type(err).__name__}: {str(err).splitlines()[0][:200]}",
+                fix="check that the file is complete and of the format its name says",
+            )
+        ) from None
+
+
+def _open_format(
+    fmt: str | None,
+    path: str,
+    source: str,
+    *,
+    level: int,
+    dataset: str | None,
+    axes: str | None,
+    reopen: Any,
+) -> LazyArray:
     if fmt == "zarr":
         return _open_zarr(path, level=level, dataset=dataset, axes=axes, reopen=reopen)
     if fmt == "tiff":

@@ -12,6 +12,7 @@ blocks and gives a bit-identical result, and (later) blocks can run on different
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import sys
@@ -35,7 +36,7 @@ from tilewise._errors import (
     message,
 )
 from tilewise._extract import check_tiling, copy_box, fill_padding
-from tilewise._geometry import Tiling
+from tilewise._geometry import Tiling, as_axis_ints
 from tilewise._models import resolve_model
 from tilewise._sink import (
     Block,
@@ -47,7 +48,7 @@ from tilewise._sink import (
     stored_channels,
     stored_dtype,
 )
-from tilewise._stitch import Stitcher, weight_plan
+from tilewise._stitch import Stitcher, _as_device, weight_plan
 from tilewise._weights import contiguous_boxes
 from tilewise.blend import Blend, uniform
 
@@ -85,7 +86,10 @@ def _heads(y: Any) -> list[tuple[str | None, torch.Tensor]]:
     )
 
 
-def _geometry(name: str | None, y: torch.Tensor, window: tuple[int, ...], batch: int) -> _Head:
+Geometry = Literal["auto", "crop", "scale"]
+
+
+def _check_output(name: str | None, y: Any, window: Sequence[int], batch: int) -> None:
     if not isinstance(y, torch.Tensor) or y.ndim != 2 + len(window) or y.shape[0] != batch:
         raise ShapeMismatchError(
             message(
@@ -95,29 +99,32 @@ def _geometry(name: str | None, y: torch.Tensor, window: tuple[int, ...], batch:
                 fix="keep the batch axis first and the spatial axes last",
             )
         )
-    scale: list[Fraction] = []
-    crop: list[int] = []
-    for ax, (o, w) in enumerate(zip(y.shape[2:], window, strict=True)):
-        if o == w:
-            scale.append(Fraction(1))
-            crop.append(0)
-        elif o < w and (w - o) % 2 == 0 and w % o != 0:
-            scale.append(Fraction(1))
-            crop.append((w - o) // 2)
-        elif (o > w and o % w == 0) or (o < w and w % o == 0):
-            scale.append(Fraction(o, w))
-            crop.append(0)
-        else:
-            raise ShapeMismatchError(
-                message(
-                    "model output",
-                    expected=f"on axis {ax} the window size {w}, a centred crop (w - 2m) or "
-                    "an integer up/down-scale of it",
-                    received=f"size {o}",
-                    fix="make the network keep, crop symmetrically, or scale the window",
-                )
-            )
-    return _Head(name, int(y.shape[1]), tuple(scale), tuple(crop))
+
+
+def _options(o: int, w: int, geometry: str) -> list[tuple[str, Fraction | int]]:
+    """What an output size ``o`` for a window ``w`` can mean: same, a crop, or a scale."""
+    if o == w:
+        return [("same", 0)]
+    opts: list[tuple[str, Fraction | int]] = []
+    if o < w and (w - o) % 2 == 0 and geometry != "scale":
+        opts.append(("crop", (w - o) // 2))
+    if ((o > w and o % w == 0) or (o < w and w % o == 0)) and geometry != "crop":
+        opts.append(("scale", Fraction(o, w)))
+    return opts
+
+
+def _geometry_error(name: str | None, ax: int, w: int, o: int, why: str) -> ShapeMismatchError:
+    return ShapeMismatchError(
+        message(
+            f"model output {name or ''}".strip(),
+            expected=f"on axis {ax} the window size {w}, a centred crop of it (w - 2m, valid "
+            "convolutions) or an integer up/down-scale of it",
+            received=f"size {o}{why}",
+            fix="make the network keep, crop symmetrically or scale the window (crop and "
+            "scale together are not supported); pass geometry='crop' or 'scale' if the "
+            "network only runs at one window size",
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -146,8 +153,19 @@ def _layout(tiling: Tiling, heads: list[_Head]) -> _Layout:
             )
         )
     margin = heads[0].crop
+    padded = any(b or a for b, a in tiling.padding)
+    if padded and any(f != 1 for h in heads for f in h.scale):
+        raise ParameterError(
+            message(
+                "tiling",
+                expected="no virtual padding when the model scales its output",
+                received=f"pad={tiling.pad!r} (axes shorter than the window) with scales "
+                f"{[h.scale for h in heads]}",
+                fix="use a window no larger than the array",
+            )
+        )
     if any(margin):
-        if tiling.pad is not None or any(b or a for b, a in tiling.padding):
+        if padded:
             raise ParameterError(
                 message(
                     "tiling",
@@ -298,8 +316,10 @@ class _Runner:
         tta: Sequence[tuple[int, ...]],
         on_nonfinite: NonFinite,
         pad_mode: str,
+        geometry: str = "auto",
     ) -> None:
         self.model, self.source, self.tiling, self.blend = model, source, tiling, blend
+        self.geometry = geometry
         self.batch_size, self.device, self.amp, self.tta = batch_size, device, amp, tta
         self.on_nonfinite, self.pad_mode = on_nonfinite, pad_mode
         self.shape = shape_of(source, "source")
@@ -309,10 +329,14 @@ class _Runner:
         self.layout = self._probe()
 
     def accumulate_on(self, nbytes: int) -> torch.device:
-        """Accumulate on the model's GPU when the result fits in half its free memory."""
+        """Accumulate on the model's GPU when the result takes under a quarter of its memory.
+
+        The choice depends only on sizes, never on free memory at run time, so a resumed or
+        distributed run makes every block the same way (bit-identical results).
+        """
         if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            if nbytes * 2 < free:
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            if nbytes * 4 < total:
                 return self.device
         return torch.device("cpu")
 
@@ -328,7 +352,8 @@ class _Runner:
                 outs: list[tuple[str | None, torch.Tensor]] | None = None
                 for axes in self.tta:
                     dims = [2 + a for a in axes]
-                    xi = torch.flip(x, dims) if dims else x
+                    # a model may change its input in place: every pass gets its own copy
+                    xi = torch.flip(x, dims) if dims else (x.clone() if len(self.tta) > 1 else x)
                     heads = _heads(self.model(xi))
                     heads = [(k, torch.flip(v, dims) if dims else v) for k, v in heads]
                     heads = [(k, v.float()) for k, v in heads]
@@ -345,11 +370,81 @@ class _Runner:
         self.seconds_model += time.perf_counter() - t0
         return outs
 
+    def _input_dtype(self) -> torch.dtype:
+        """The dtype batches reach the model in: the source's float type, else float32."""
+        dt = getattr(self.source, "dtype", None)
+        if isinstance(dt, torch.dtype):
+            return dt if dt.is_floating_point else torch.float32
+        name = str(np.dtype(dt)) if dt is not None else "float32"
+        return {"float16": torch.float16, "float64": torch.float64}.get(name, torch.float32)
+
     def _probe(self) -> _Layout:
-        """One forward pass on a zero window tells the output channels, heads and geometry."""
-        c = self.shape[1]
-        x = torch.zeros((1, c, *self.tiling.window), device=self.device, dtype=torch.float32)
-        heads = [_geometry(k, v, self.tiling.window, 1) for k, v in self._call(x)]
+        """Forward passes on zero windows tell the output channels, heads and geometry.
+
+        One window size is enough unless an output is smaller than the window by a size that
+        could be a crop or a downscale; then a second, larger window tells them apart.
+        """
+        c, w = self.shape[1], self.tiling.window
+        dtype = self._input_dtype()
+        first = self._call(torch.zeros((1, c, *w), device=self.device, dtype=dtype))
+        if not first:
+            raise ShapeMismatchError(
+                message(
+                    "model output",
+                    expected="at least one output tensor",
+                    received="an empty tuple/list/dict",
+                    fix="return the network's output",
+                )
+            )
+        options = []
+        for name, y in first:
+            _check_output(name, y, w, 1)
+            per_axis = []
+            for ax, (o, wa) in enumerate(zip(y.shape[2:], w, strict=True)):
+                opts = _options(int(o), wa, self.geometry)
+                if not opts:
+                    raise _geometry_error(name, ax, wa, int(o), "")
+                per_axis.append(opts)
+            options.append(per_axis)
+        grow = [0] * len(w)
+        for per_axis in options:
+            for ax, opts in enumerate(per_axis):
+                if len(opts) > 1:  # crop m or downscale by w/o: a larger window tells
+                    step = 2 * int(1 / opts[1][1])
+                    grow[ax] = math.lcm(grow[ax] or step, step)
+        second = None
+        if any(grow):
+            w2 = tuple(a + g for a, g in zip(w, grow, strict=True))
+            try:
+                second = self._call(torch.zeros((1, c, *w2), device=self.device, dtype=dtype))
+            except Exception as err:  # the network may accept only one window size
+                raise ShapeMismatchError(
+                    message(
+                        "model output",
+                        expected="a network that also runs on a slightly larger window, to "
+                        "tell a crop from a downscale",
+                        received=f"an error on window {w2}: {str(err).splitlines()[0][:200]}",
+                        fix="pass geometry='crop' (valid convolutions) or geometry='scale'",
+                    )
+                ) from None
+        heads = []
+        for i, ((name, y), per_axis) in enumerate(zip(first, options, strict=True)):
+            scale, crop = [], []
+            for ax, opts in enumerate(per_axis):
+                kind, val = opts[0]
+                if len(opts) > 1 and second is not None:
+                    o, o2 = int(y.shape[2 + ax]), int(second[i][1].shape[2 + ax])
+                    if o2 - o == grow[ax]:
+                        kind, val = opts[0]
+                    elif o2 * w[ax] == o * (w[ax] + grow[ax]):
+                        kind, val = opts[1]
+                    else:
+                        raise _geometry_error(
+                            name, ax, w[ax], o, f" (and {o2} for a window {w[ax] + grow[ax]})"
+                        )
+                scale.append(Fraction(val) if kind == "scale" else Fraction(1))
+                crop.append(int(val) if kind == "crop" else 0)
+            heads.append(_Head(name, int(y.shape[1]), tuple(scale), tuple(crop)))
         return _layout(self.tiling, heads)
 
     # -- batches of one block ----------------------------------------------------------------
@@ -507,7 +602,17 @@ def _tta_axes(tta: bool | Sequence[Sequence[int]], ndim: int) -> list[tuple[int,
         return [()]
     if tta is True:
         return [tuple(a for a in range(ndim) if mask >> a & 1) for mask in range(1 << ndim)]
-    out = [tuple(int(a) for a in axes) for axes in tta]
+    try:
+        out = [tuple(int(a) for a in axes) for axes in tta]
+    except (TypeError, ValueError):
+        raise ParameterTypeError(
+            message(
+                "tta",
+                expected="True, False, or a list of flip axis sets such as [(0,), (1, 2)]",
+                received=repr(tta),
+                fix="pass tta=True for all flips",
+            )
+        ) from None
     if () not in out:
         out.insert(0, ())
     if any(not 0 <= a < ndim for axes in out for a in axes):
@@ -558,6 +663,7 @@ def predict(
     tta: bool | Sequence[Sequence[int]] = False,
     on_nonfinite: NonFinite = "raise",
     pad_mode: Literal["reflect", "replicate"] = "reflect",
+    geometry: Geometry = "auto",
     progress: bool | None = None,
     ome: bool | None = None,
     overwrite: bool = False,
@@ -609,6 +715,10 @@ def predict(
         windows are left out and their voxels refilled from the overlapping windows.
     pad_mode
         How the input is extended when the model crops its output (valid convolutions).
+    geometry
+        How an output smaller than its window is read: ``"auto"`` (a second probe on a larger
+        window tells a crop from a downscale when the sizes allow both), ``"crop"`` or
+        ``"scale"``.
     progress
         Show a progress bar (default: only on a terminal).
     overwrite
@@ -652,21 +762,49 @@ def predict(
                 fix="e.g. batch_size=4",
             )
         )
-    if on_nonfinite not in ("raise", "drop"):
-        raise ParameterError(
+    for what, value, allowed in (
+        ("on_nonfinite", on_nonfinite, ("raise", "drop")),
+        ("pad_mode", pad_mode, ("reflect", "replicate")),
+        ("geometry", geometry, ("auto", "crop", "scale")),
+    ):
+        if value not in allowed:
+            raise ParameterError(
+                message(
+                    what,
+                    expected=f"one of {allowed}",
+                    received=repr(value),
+                    fix=f"use {what}={allowed[0]!r}",
+                )
+            )
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float | np.number):
+        raise ParameterTypeError(
             message(
-                "on_nonfinite",
-                expected="'raise' or 'drop'",
-                received=repr(on_nonfinite),
-                fix="use on_nonfinite='raise'",
+                "threshold", expected="a number", received=repr(threshold), fix="e.g. threshold=0.5"
             )
         )
-    dev = (
-        torch.device(device)
-        if device is not None
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    if out is not None and not isinstance(out, str | os.PathLike):
+        raise ParameterTypeError(
+            message(
+                "out",
+                expected="None (in memory) or a path/URL",
+                received=repr(out),
+                fix="pass out='result.zarr'",
+            )
+        )
+    for what, sizes in (("chunks", chunks), ("block", block)):
+        if sizes is not None:
+            as_axis_ints(sizes, tiling.ndim, what)
+    dev = _as_device(device) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     blend = uniform() if blend is None else blend
+    if not isinstance(blend, Blend):
+        raise ParameterTypeError(
+            message(
+                "blend",
+                expected="a tilewise.blend recipe",
+                received=type(blend).__name__,
+                fix="use e.g. tw.blend.border(10, weight=0.0)",
+            )
+        )
     runner = _Runner(
         model_fn,
         src,
@@ -678,6 +816,7 @@ def predict(
         _tta_axes(tta, tiling.ndim),
         on_nonfinite,
         pad_mode,
+        geometry,
     )
     lay = runner.layout
     for h in lay.heads:
@@ -685,6 +824,31 @@ def predict(
     n_img = shape[0]
     total = n_img * len(lay.in_tiling)
     bar = _Progress(total, progress)
+    if client is not None:
+        try:
+            import distributed
+
+            is_client = isinstance(client, distributed.Client)
+        except ImportError:
+            is_client = False
+        if not is_client:
+            raise ParameterError(
+                message(
+                    "client",
+                    expected="a distributed.Client",
+                    received=type(client).__name__,
+                    fix="connect one with distributed.Client(scheduler_address)",
+                )
+            )
+    if cluster not in (None, "local"):
+        raise ParameterError(
+            message(
+                "cluster",
+                expected="None or 'local'",
+                received=repr(cluster),
+                fix="pass cluster='local' to start a LocalCluster, or client=...",
+            )
+        )
     if (client is not None or cluster is not None) and out is None:
         raise ParameterError(
             message(
@@ -710,6 +874,7 @@ def predict(
                 tta=tuple(runner.tta),
                 on_nonfinite=on_nonfinite,
                 pad_mode=pad_mode,
+                geometry=geometry,
                 out=os.fspath(out),
                 out_dtype=out_dtype,
                 threshold=threshold,
@@ -759,6 +924,15 @@ def _deficit_stitchers(
 
 
 def _finish(st: Stitcher, drop: Stitcher | None, where: str) -> torch.Tensor:
+    if drop is not None and drop.added and st._out is None:
+        raise NonFiniteError(
+            message(
+                "model output",
+                expected="dropped windows covered by neighbours",
+                received=f"every window of {where} was dropped (non-finite outputs)",
+                fix="fix the model's non-finite outputs, or use a smaller step",
+            )
+        )
     acc = st.result(check_finite=drop is None)
     if drop is None or not drop.added:
         return acc
@@ -804,6 +978,7 @@ class _Job:
     tta: tuple[tuple[int, ...], ...]
     on_nonfinite: NonFinite
     pad_mode: str
+    geometry: str
     out: str
     out_dtype: str
     threshold: float
@@ -837,6 +1012,7 @@ def _job_state(job: _Job) -> tuple[_Runner, dict[str | None, Any]]:
             job.tta,
             job.on_nonfinite,
             job.pad_mode,
+            job.geometry,
         )
         _WORKER_STATE.clear()  # one job at a time per worker: free the previous model
         _WORKER_STATE[job.token] = (runner, _open_outputs(job))
@@ -896,7 +1072,7 @@ def _to_zarr(
         side = (DEFAULT_BLOCK_BYTES / (4 * cmax)) ** (1 / ndim)
         block = tuple(max(c, int(side) // c * c) for c in ch)
     blist = blocks(n_img, ref.shape, block, ch)
-    info = getattr(src, "info", None)
+    info = _info_of(src)
     use_ome = (
         ome
         if ome is not None
@@ -904,7 +1080,12 @@ def _to_zarr(
     )
     settings = {
         "tiling": runner.tiling.to_dict(),
-        "blend": repr(runner.blend),
+        "blend": _digest(runner.blend._key()),
+        "model": _model_digest(runner.model),
+        "pad_mode": job.pad_mode,
+        "geometry": job.geometry,
+        "amp": str(runner.amp),
+        "on_nonfinite": job.on_nonfinite,
         "out_dtype": job.out_dtype,
         "threshold": job.threshold,
         "chunks": list(ch),
@@ -915,8 +1096,7 @@ def _to_zarr(
         "shape": list(runner.shape),
     }
     check_writable(job.out)
-    if overwrite:
-        _remove_store(job.out)
+    _refuse_same_store(job.out, src)
     outputs = tuple(
         (
             h.name,
@@ -924,14 +1104,16 @@ def _to_zarr(
             (n_img, stored_channels(job.out_dtype, h.channels), *ref.shape),
             str(stored_dtype(job.out_dtype, h.channels)),
             (1, stored_channels(job.out_dtype, h.channels), *ch),
-            info,
+            _scaled_info(info, h.scale),
             use_ome and not lay.multi,
         )
         for h in lay.heads
     )
     job = dataclasses.replace(job, outputs=outputs)
-    arrays = _open_outputs(job)
-    with Journal(job.out, settings) as journal:
+    journal = Journal(job.out, settings)
+    journal.open(fresh=overwrite)  # the lock comes first: overwrite empties under it
+    try:
+        arrays = _open_outputs(job)
         done = journal.done()
         todo = [b for b in blist if b.key not in done]
         skipped = len(blist) - len(todo)
@@ -947,24 +1129,79 @@ def _to_zarr(
             from tilewise._distributed import run_blocks  # dask is an optional extra
 
             runner.windows_run += run_blocks(job, todo, work, bar, client, workers)
+    finally:
+        journal.close()
     res = arrays[None] if not lay.multi else arrays
     return res, len(blist), skipped
 
 
-def _remove_store(out: str) -> None:
-    """Delete an output store (local directory or remote prefix) to start afresh."""
-    if is_url(out):
-        import fsspec
+def _scaled_info(info: Any, scale: Sequence[Fraction]) -> Any:
+    """The input's geometry for an output scaled by ``scale`` (voxel size / f; the centre of
+    output voxel 0 sits at ``origin + voxel * (1 / (2 f) - 1 / 2)``)."""
+    if info is None or all(f == 1 for f in scale):
+        return info
+    vs, org = getattr(info, "voxel_size", None), getattr(info, "origin", None)
+    if vs is None or len(vs) != len(scale):
+        return info
+    new_vs = tuple(float(v / f) for v, f in zip(vs, scale, strict=True))
+    new_org = (
+        tuple(
+            float(o + v * (1 / (2 * f) - Fraction(1, 2)))
+            for o, v, f in zip(org, vs, scale, strict=True)
+        )
+        if org is not None
+        else None
+    )
+    return dataclasses.replace(info, voxel_size=new_vs, origin=new_org)
 
-        fs, base = fsspec.core.url_to_fs(out)
-        if fs.exists(base):
-            fs.rm(base, recursive=True)
-    else:
-        import shutil
 
-        target = out.removeprefix("file://")
-        if os.path.exists(target):
-            shutil.rmtree(target)
+def _digest(obj: Any) -> str:
+    """A short stable fingerprint of settings that have no readable form (weights, models)."""
+    h = hashlib.sha1(usedforsecurity=False)
+    h.update(repr(obj).encode())
+    return h.hexdigest()[:16]
+
+
+def _model_digest(model: Any) -> str:
+    """A fingerprint of a model's weights (or its name), so a resume runs the same network."""
+    state = getattr(model, "state_dict", None)
+    if callable(state):
+        h = hashlib.sha1(usedforsecurity=False)
+        for k, v in state().items():
+            h.update(k.encode())
+            if isinstance(v, torch.Tensor):
+                h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+    return getattr(model, "__qualname__", type(model).__qualname__)
+
+
+def _info_of(src: Any) -> Any:
+    """The tilewise ArrayInfo of a source opened by open_array (zarr arrays have another .info)."""
+    info = getattr(src, "info", None)
+    return info if hasattr(info, "voxel_size") and hasattr(info, "axes") else None
+
+
+def _refuse_same_store(out: str, src: Any) -> None:
+    """Refuse to write over the input while reading it."""
+    info = _info_of(src)
+    source = getattr(info, "source", None) if info is not None else None
+    if source is None and hasattr(src, "store_path"):
+        source = str(src.store_path)
+    if not source or is_url(out) != is_url(str(source)):
+        return
+    a = out.removeprefix("file://").rstrip("/")
+    b = str(source).removeprefix("file://").split(":/")[0].rstrip("/")
+    if not is_url(out):
+        a, b = os.path.realpath(a), os.path.realpath(b)
+    if a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep):
+        raise ParameterError(
+            message(
+                "out",
+                expected="an output location apart from the input",
+                received=f"out={out!r} overlapping the input {source!r}",
+                fix="write the result to a new path",
+            )
+        )
 
 
 def _run_block(
@@ -1040,9 +1277,29 @@ def plan(
     >>> t = Tiling((236, 720, 510), window=128, step=108)
     >>> p = plan(t, out_channels=2, batch_size=2)
     >>> p.windows, p.device_bytes // 2**20, p.host_bytes // 2**20
-    (70, 48, 677)
+    (70, 48, 1338)
     """
     check_tiling(tiling)
+    for what, value in (
+        ("n", n),
+        ("channels", channels),
+        ("out_channels", out_channels),
+        ("batch_size", batch_size),
+        ("itemsize", itemsize),
+    ):
+        as_axis_ints(value, 1, what)
+    for what, sizes in (("chunks", chunks), ("block", block)):
+        if sizes is not None:
+            as_axis_ints(sizes, tiling.ndim, what)
+    if blend is not None and not isinstance(blend, Blend):
+        raise ParameterTypeError(
+            message(
+                "blend",
+                expected="a tilewise.blend recipe",
+                received=type(blend).__name__,
+                fix="use e.g. tw.blend.hann()",
+            )
+        )
     vox = math.prod(tiling.window)
     per_window_dev = vox * (channels * itemsize + 4 * out_channels + activation_bytes_per_voxel)
     device_bytes = int(batch_size * per_window_dev)
@@ -1063,7 +1320,9 @@ def plan(
     else:
         runs = n * len(tiling)
         weight_plan(tiling, bl)
+        # the stitched result, plus the image read whole and its float32 copy
         host = n * math.prod(tiling.shape) * (4 * out_channels) + batch_host
+        host += math.prod(tiling.shape) * channels * (itemsize + 4)
     suggestion = None
     if budget_bytes is not None:
         suggestion = max(0, int(budget_bytes // max(per_window_dev, 1)))

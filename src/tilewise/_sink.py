@@ -196,6 +196,25 @@ class _Files:
             else:
                 os.unlink(path)
 
+    def clear(self, keep: str) -> None:
+        """Delete everything under the root except the file ``keep`` (the lock)."""
+        if self.remote:
+            for p in self.fs.find(self.base):
+                if p.rstrip("/") != keep.split("://")[-1].rstrip("/") and p != keep:
+                    self.fs.rm_file(p)
+            return
+        for dirpath, dirnames, filenames in os.walk(self.base, topdown=False):
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                if os.path.abspath(full) != os.path.abspath(keep):
+                    os.unlink(full)
+            for name in dirnames:
+                full = os.path.join(dirpath, name)
+                if os.path.islink(full):
+                    os.unlink(full)
+                elif not os.listdir(full):
+                    os.rmdir(full)
+
     def names(self, path: str) -> set[str]:
         if self.remote:
             if not self.fs.exists(path):
@@ -268,11 +287,17 @@ class Journal:
         self.settings = json.loads(json.dumps(settings, default=str))
         self._locked = False
 
-    def open(self) -> None:
-        """Take the lock and check (or record) the run's settings."""
+    def open(self, *, fresh: bool = False) -> None:
+        """Take the lock, then check (or record) the run's settings.
+
+        ``fresh=True`` (``overwrite``) empties the output, under the lock, before recording.
+        """
         self.files.makedirs(self.done_dir)
         self._lock()
         run = self.files.path(".tilewise", "run.json")
+        if fresh:
+            self.files.clear(keep=self.files.path(".tilewise", "lock"))
+            self.files.makedirs(self.done_dir)
         if self.files.exists(run):
             old = json.loads(self.files.read(run))
             if old != self.settings:
@@ -295,7 +320,7 @@ class Journal:
     def _lock(self) -> None:
         lock = self.files.path(".tilewise", "lock")
         me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
-        for _ in range(2):
+        for _ in range(5):
             if self.files.create(lock, me):
                 self._locked = True
                 return
@@ -303,6 +328,12 @@ class Journal:
                 other = json.loads(self.files.read(lock) or "{}")
             except (OSError, ValueError):
                 other = {}
+            if not other:  # being written by another writer right now, or left empty
+                time.sleep(0.2)
+                try:
+                    other = json.loads(self.files.read(lock) or "{}")
+                except (OSError, ValueError):
+                    other = {}
             if _alive(other):
                 raise ConcurrentWriterError(
                     message(
@@ -314,6 +345,14 @@ class Journal:
                     )
                 )
             self.files.remove(lock)  # stale: its writer died (e.g. kill -9)
+        raise ConcurrentWriterError(
+            message(
+                "out",
+                expected="to take the writer lock",
+                received=f"{lock} kept reappearing: several writers are starting at once",
+                fix="run one writer per output",
+            )
+        )
 
     def close(self) -> None:
         """Release the lock."""
@@ -347,7 +386,7 @@ def _alive(info: dict[str, Any]) -> bool:
     if info.get("host") != socket.gethostname():
         return True  # another host: cannot check, assume it is running
     if pid == os.getpid():
-        return False
+        return True  # another predict call of this very process is writing it
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
