@@ -49,6 +49,15 @@ from tilewise._stitch import Stitcher, stitch
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``tw.plot`` is imported on first use (it needs the optional matplotlib only when drawing)."""
+    if name == "plot":
+        import importlib
+
+        return importlib.import_module("tilewise.plot")
+    raise AttributeError(f"module 'tilewise' has no attribute {name!r}")
+
 __all__ = [
     "ArrayInfo",
     "CleanReport",

@@ -448,45 +448,83 @@ class _Runner:
         return _layout(self.tiling, heads)
 
     # -- batches of one block ----------------------------------------------------------------
-    def batches(
-        self, n: int, box_lo: tuple[int, ...], box_hi: tuple[int, ...]
-    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """Input batches for the windows of grid box ``[box_lo, box_hi)`` of image ``n``."""
+    def _region(self, n: int, lo: list[int], hi: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """Input voxels ``[lo, hi)`` (padded coordinates) of image ``n`` as a float tensor."""
         t = self.layout.in_tiling
-        starts = t.axis_starts
-        lo = [int(starts[ax][box_lo[ax]]) for ax in range(t.ndim)]
-        hi = [int(starts[ax][box_hi[ax] - 1]) + t.window[ax] for ax in range(t.ndim)]
-        padded = any(b or a for b, a in t.padding)
-        if padded:  # windows longer than the array: read the axis whole, pad per window
+        if any(b or a for b, a in t.padding):  # windows longer than the array: whole axes
             lo = [max(0, v) for v in lo]
             hi = [min(s, v) for s, v in zip(t.shape, hi, strict=True)]
         region = _read_padded(self.source, n, lo, hi, self.layout.margin, self.pad_mode)
         x = torch.from_numpy(np.require(region, requirements=["C", "W"]))[None]
         if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             x = x.float()
+        return x, lo
+
+    def batches(
+        self, n: int, box_lo: tuple[int, ...], box_hi: tuple[int, ...]
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Input batches for the windows of grid box ``[box_lo, box_hi)`` of image ``n``.
+
+        In-memory sources are viewed whole; lazy ones (zarr, HDF5, memmaps, files) are read one
+        batch region at a time, so memory holds a batch's inputs, not a block's halo.
+        """
+        t = self.layout.in_tiling
+        starts = t.axis_starts
+        src = self.source
+        in_memory = isinstance(src, torch.Tensor) or (
+            isinstance(src, np.ndarray) and not isinstance(src, np.memmap)
+        )
+        box_v_lo = [int(starts[ax][box_lo[ax]]) for ax in range(t.ndim)]
+        box_v_hi = [int(starts[ax][box_hi[ax] - 1]) + t.window[ax] for ax in range(t.ndim)]
+        whole: tuple[torch.Tensor, list[int]] | None = None
+        slab: tuple[torch.Tensor, list[int], list[int], list[int]] | None = None
+        if in_memory:
+            whole = self._region(n, box_v_lo, box_v_hi)
         counts = tuple(b - a for a, b in zip(box_lo, box_hi, strict=True))
         grid = (1, *counts)
         total = math.prod(counts)
         for start in range(0, total, self.batch_size):
             stop = min(start + self.batch_size, total)
+            boxes = []
+            for blo, bhi in contiguous_boxes(start, stop, grid):
+                glo = tuple(a + b for a, b in zip((0, *box_lo), blo, strict=True))
+                ghi = tuple(a + b for a, b in zip((0, *box_lo), bhi, strict=True))
+                boxes.append((glo, ghi))
+            if whole is None:
+                # lazy source: read a slab (this batch's extent along the first axis, the whole
+                # box along the others) and keep it while the next batches fit in it, so each
+                # stored chunk is read about once per row of windows, not once per batch
+                lo = [min(int(starts[ax][g[ax + 1]]) for g, _ in boxes) for ax in range(t.ndim)]
+                hi = [
+                    max(int(starts[ax][h[ax + 1] - 1]) for _, h in boxes) + t.window[ax]
+                    for ax in range(t.ndim)
+                ]
+                if slab is None or any(
+                    a < c or b > d for a, b, c, d in zip(lo, hi, slab[2], slab[3], strict=True)
+                ):
+                    want_lo, want_hi = [lo[0], *box_v_lo[1:]], [hi[0], *box_v_hi[1:]]
+                    x, origin = self._region(n, want_lo, want_hi)
+                    slab = (x, origin, want_lo, want_hi)
+                x, origin = slab[0], slab[1]
+            else:
+                x, origin = whole
             buf = torch.empty(
                 (stop - start, x.shape[1], *t.window), dtype=x.dtype, pin_memory=self.pin
             )
             flat: list[np.ndarray] = []
             pos = 0
-            for blo, bhi in contiguous_boxes(start, stop, grid):
-                glo = tuple(a + b for a, b in zip((0, *box_lo), blo, strict=True))
-                ghi = tuple(a + b for a, b in zip((0, *box_lo), bhi, strict=True))
+            for glo, ghi in boxes:
                 size = tuple(b - a for a, b in zip(glo, ghi, strict=True))
                 count = math.prod(size)
                 block = buf[pos : pos + count].view(*size, x.shape[1], *t.window)
-                copy_box(x, t, glo, ghi, block, origin=(0, *lo))
+                copy_box(x, t, glo, ghi, block, origin=(0, *origin))
                 pos += count
                 grids = np.meshgrid(
-                    *[np.arange(a, b) for a, b in zip(glo[1:], ghi[1:], strict=True)], indexing="ij"
+                    *[np.arange(a, b) for a, b in zip(glo[1:], ghi[1:], strict=True)],
+                    indexing="ij",
                 )
                 flat.append(np.ravel_multi_index(tuple(g.reshape(-1) for g in grids), t.counts))
-            if padded:
+            if any(b or a for b, a in t.padding):
                 fill_padding(buf, t)
             yield np.concatenate(flat), buf
 
@@ -1122,9 +1160,7 @@ def _to_zarr(
         }
         bar.total = sum(work.values())
         if client is None and cluster is None:
-            for b in todo:
-                _run_block(runner, b, arrays, job.out_dtype, job.threshold, bar)
-                journal.mark(b)
+            _run_blocks_here(runner, todo, arrays, journal, job.out_dtype, job.threshold, bar)
         else:
             from tilewise._distributed import run_blocks  # dask is an optional extra
 
@@ -1204,6 +1240,30 @@ def _refuse_same_store(out: str, src: Any) -> None:
         )
 
 
+def _compute_block(
+    runner: _Runner, b: Block, out_dtype: str, threshold: float, bar: _Progress
+) -> dict[str | None, np.ndarray]:
+    """Run and stitch one block; its stored values per head."""
+    lay = runner.layout
+    dev = runner.accumulate_on(sum(h.channels * math.prod(b.shape) * 4 for h in lay.heads))
+    stitchers = [
+        Stitcher(t, n=1, blend=runner.blend, device=dev, region=b.region) for t in lay.out_tilings
+    ]
+    drops = _deficit_stitchers(runner, 1, b.region)
+    runner.run_block(b.n, stitchers, drops, bar)
+    out = {}
+    for i, (h, st) in enumerate(zip(lay.heads, stitchers, strict=True)):
+        acc = _finish(st, drops[i] if drops else None, f"block {b.key}")
+        out[h.name] = convert_block(acc, out_dtype, threshold)
+    return out
+
+
+def _write_block(arrays: dict[str | None, Any], b: Block, stored: dict[str | None, Any]) -> None:
+    sl = tuple(slice(a, z) for a, z in b.region)
+    for name, values in stored.items():
+        arrays[name][(slice(b.n, b.n + 1), slice(None), *sl)] = values
+
+
 def _run_block(
     runner: _Runner,
     b: Block,
@@ -1212,18 +1272,34 @@ def _run_block(
     threshold: float,
     bar: _Progress,
 ) -> None:
-    lay = runner.layout
-    dev = runner.accumulate_on(sum(h.channels * math.prod(b.shape) * 4 for h in lay.heads))
-    stitchers = [
-        Stitcher(t, n=1, blend=runner.blend, device=dev, region=b.region) for t in lay.out_tilings
-    ]
-    drops = _deficit_stitchers(runner, 1, b.region)
-    runner.run_block(b.n, stitchers, drops, bar)
-    sl = tuple(slice(a, z) for a, z in b.region)
-    for i, (h, st) in enumerate(zip(lay.heads, stitchers, strict=True)):
-        acc = _finish(st, drops[i] if drops else None, f"block {b.key}")
-        stored = convert_block(acc, out_dtype, threshold)
-        arrays[h.name][(slice(b.n, b.n + 1), slice(None), *sl)] = stored
+    _write_block(arrays, b, _compute_block(runner, b, out_dtype, threshold, bar))
+
+
+def _run_blocks_here(
+    runner: _Runner,
+    todo: list[Block],
+    arrays: dict[str | None, Any],
+    journal: Journal,
+    out_dtype: str,
+    threshold: float,
+    bar: _Progress,
+) -> None:
+    """Blocks one after another; each is written (and journalled) by a writer thread while the
+    next one runs, so storage and compression overlap the model."""
+
+    def write(b: Block, stored: dict[str | None, Any]) -> None:
+        _write_block(arrays, b, stored)
+        journal.mark(b)  # only after its data are on disk
+
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: Future[None] | None = None
+        for b in todo:
+            stored = _compute_block(runner, b, out_dtype, threshold, bar)
+            if pending is not None:
+                pending.result()  # at most one block waits to be written
+            pending = writer.submit(write, b, stored)
+        if pending is not None:
+            pending.result()
 
 
 # -- planning --------------------------------------------------------------------------------------

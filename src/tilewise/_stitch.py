@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import OrderedDict
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,47 @@ __all__ = ["Stitcher", "stitch", "weight_plan"]
 
 _ACC_DTYPES = {torch.float32: torch.float32, torch.float64: torch.float64}
 _INT_DTYPES = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
+
+
+class _WeightCache:
+    """Normalised window weights as tensors, shared by every Stitcher of a plan (blocks reuse
+    them), least recently used first out beyond a byte budget."""
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.items: OrderedDict[Any, tuple[torch.Tensor, bool]] = OrderedDict()
+        self.nbytes = 0
+
+    def get(
+        self, plan: WeightPlan, sigs: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, bool]:
+        key = (plan, sigs, dtype, device)  # the plan itself: ids of dead plans get reused
+        hit = self.items.get(key)
+        if hit is not None:
+            self.items.move_to_end(key)
+            return hit
+        used = [slice(*plan.support(ax, sg)) for ax, sg in enumerate(sigs)]
+        if plan.blend.separable:  # an outer product of 1-D profiles, made on the device
+            w = torch.ones((), dtype=dtype, device=device)
+            is_one = True
+            for ax, sg in enumerate(sigs):
+                prof = plan.profiles[ax][sg]
+                is_one = is_one and bool(np.all(prof[used[ax]] == 1.0))
+                p = torch.from_numpy(prof).to(dtype=dtype, device=device)
+                w = w.unsqueeze(-1) * p
+        else:
+            nd = plan.weight(sigs)
+            is_one = bool(np.all(nd[tuple(used)] == 1.0))
+            w = torch.from_numpy(np.ascontiguousarray(nd)).to(dtype=dtype, device=device)
+        self.items[key] = (w, is_one)
+        self.nbytes += w.numel() * w.element_size()
+        while self.nbytes > self.max_bytes and len(self.items) > 1:
+            _, (old, _) = self.items.popitem(last=False)
+            self.nbytes -= old.numel() * old.element_size()
+        return w, is_one
+
+
+_WEIGHTS = _WeightCache()
 
 
 @lru_cache(maxsize=32)
@@ -187,7 +229,6 @@ class Stitcher:
         self.shape = tuple(b - a for a, b in self.region)
         self._needed = self._needed_windows()
         self._seen = np.zeros(n * len(tiling), dtype=bool)
-        self._weights: dict[tuple[tuple[int, ...], torch.dtype, torch.device], Any] = {}
         self._out: torch.Tensor | None = None
         if out is not None:
             self._adopt(out)
@@ -355,15 +396,7 @@ class Stitcher:
 
     def _weight(self, sigs: tuple[int, ...], out: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """The normalised window weight on ``out``'s device, and whether it is 1 wherever used."""
-        key = (sigs, out.dtype, out.device)
-        if key not in self._weights:
-            w = self.plan.weight(sigs)
-            used = tuple(slice(*self.plan.support(ax, s)) for ax, s in enumerate(sigs))
-            self._weights[key] = (
-                torch.from_numpy(np.ascontiguousarray(w)).to(dtype=out.dtype, device=out.device),
-                bool(np.all(w[used] == 1.0)),
-            )
-        return self._weights[key]  # type: ignore[no-any-return]
+        return _WEIGHTS.get(self.plan, sigs, out.dtype, out.device)
 
     def _add_run(self, out: torch.Tensor, p: torch.Tensor, first: int, length: int) -> None:
         d = self.tiling.ndim
