@@ -36,7 +36,7 @@ test-long:
 	$(MAKE) test HYPOTHESIS_PROFILE=long
 
 demo: $(STAMP)
-	$(PY) -m tilewise.demo
+	$(VENV)/bin/tilewise demo --out demo-output
 
 bench:
 	bash bench/run.sh

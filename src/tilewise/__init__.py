@@ -58,6 +58,7 @@ def __getattr__(name: str) -> object:
         return importlib.import_module("tilewise.plot")
     raise AttributeError(f"module 'tilewise' has no attribute {name!r}")
 
+
 __all__ = [
     "ArrayInfo",
     "CleanReport",

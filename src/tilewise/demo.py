@@ -217,10 +217,10 @@ class DemoResult:
     figure: str | None
 
 
-def _scaled(shape: tuple[int, ...], paper: int, floor: int) -> int:
-    """A paper window size scaled to the volume (multiple of 8, at least ``floor``)."""
-    s = min(1.0, min(shape) / 236)
-    return max(floor, min(min(shape), int(paper * s) // 8 * 8))
+def _fit(shape: tuple[int, ...], paper: int, floor: int) -> int:
+    """The paper's window size where the volume allows it, else the largest multiple of 8 that
+    fits (at least ``floor``)."""
+    return max(floor, min(paper, min(shape) // 8 * 8))
 
 
 def run(
@@ -242,13 +242,13 @@ def run(
         f"{(labels >= 0).mean():.3%} of voxels annotated ({time.perf_counter() - t0:.1f} s)"
     )
 
-    w_train = _scaled(shape, 64, 24)
+    w_train = _fit(shape, 64, 16) if min(shape) >= 96 else _fit(shape, min(shape) // 2, 16)
     train_tiling = tw.Tiling(shape, window=w_train, step=w_train // 2)
     kept = tw.clean(image, labels, train_tiling, border=0, ignore=-1)
     say("\nTraining windows (the paper's Table 2)")
     say(kept.report.table())
 
-    steps = steps if steps is not None else {"tiny": 40, "paper": 600}.get(str(size), 240)
+    steps = steps if steps is not None else {"tiny": 40, "paper": 400}.get(str(size), 150)
     t1 = time.perf_counter()
     net, loss = _train(image, labels, train_tiling, kept.indices, steps, seed)
     t_train = time.perf_counter() - t1
@@ -258,7 +258,7 @@ def run(
     )
 
     border = 10
-    w_inf = _scaled(shape, 128, 2 * border + 8)
+    w_inf = _fit(shape, 128, 2 * border + 8)
     infer_tiling = tw.Tiling(shape, window=w_inf, step=w_inf - 2 * border)
     blend = tw.blend.border(border, weight=0.0)
     model = _Softmax(net).eval()
