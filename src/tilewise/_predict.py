@@ -11,8 +11,11 @@ blocks and gives a bit-identical result, and (later) blocks can run on different
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import hashlib
+import itertools
 import math
 import os
 import sys
@@ -491,8 +494,7 @@ class _Runner:
                 ghi = tuple(a + b for a, b in zip((0, *box_lo), bhi, strict=True))
                 boxes.append((glo, ghi))
             if whole is None:
-                # lazy source: read a slab (this batch's extent along the first axis, the whole
-                # box along the others) and keep it while the next batches fit in it, so each
+                # lazy source: read a slab and keep it while the next batches fit in it, so a
                 # stored chunk is read about once per row of windows, not once per batch
                 lo = [min(int(starts[ax][g[ax + 1]]) for g, _ in boxes) for ax in range(t.ndim)]
                 hi = [
@@ -502,7 +504,9 @@ class _Runner:
                 if slab is None or any(
                     a < c or b > d for a, b, c, d in zip(lo, hi, slab[2], slab[3], strict=True)
                 ):
-                    want_lo, want_hi = [lo[0], *box_v_lo[1:]], [hi[0], *box_v_hi[1:]]
+                    # this batch's extent on every axis but the last, the box's on the last:
+                    # the next batches of the same row reuse it
+                    want_lo, want_hi = [*lo[:-1], box_v_lo[-1]], [*hi[:-1], box_v_hi[-1]]
                     x, origin = self._region(n, want_lo, want_hi)
                     slab = (x, origin, want_lo, want_hi)
                 x, origin = slab[0], slab[1]
@@ -1259,9 +1263,20 @@ def _compute_block(
 
 
 def _write_block(arrays: dict[str | None, Any], b: Block, stored: dict[str | None, Any]) -> None:
-    sl = tuple(slice(a, z) for a, z in b.region)
+    """Write a block chunk by chunk (a store copies and encodes what it is given at once)."""
     for name, values in stored.items():
-        arrays[name][(slice(b.n, b.n + 1), slice(None), *sl)] = values
+        arr = arrays[name]
+        chunks = tuple(getattr(arr, "chunks", values.shape))[2:]
+        spans = [
+            [(a, min(a + c, z)) for a in range(lo, z, c)]
+            for (lo, z), c in zip(b.region, chunks, strict=True)
+        ]
+        for box in itertools.product(*spans):
+            dst = tuple(slice(a, z) for a, z in box)
+            src = tuple(
+                slice(a - lo, z - lo) for (a, z), (lo, _) in zip(box, b.region, strict=True)
+            )
+            arr[(slice(b.n, b.n + 1), slice(None), *dst)] = values[(slice(None), slice(None), *src)]
 
 
 def _run_block(
@@ -1273,6 +1288,14 @@ def _run_block(
     bar: _Progress,
 ) -> None:
     _write_block(arrays, b, _compute_block(runner, b, out_dtype, threshold, bar))
+
+
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the system between blocks (glibc keeps it otherwise,
+    so the resident size would creep up with the reader and writer threads' arenas)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # another C library: nothing to do
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _run_blocks_here(
@@ -1295,6 +1318,7 @@ def _run_blocks_here(
         pending: Future[None] | None = None
         for b in todo:
             stored = _compute_block(runner, b, out_dtype, threshold, bar)
+            _trim_heap()
             if pending is not None:
                 pending.result()  # at most one block waits to be written
             pending = writer.submit(write, b, stored)
