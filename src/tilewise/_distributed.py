@@ -42,7 +42,8 @@ def run_blocks(
     client: Any,
     workers: int,
 ) -> int:
-    """Run ``todo`` blocks on ``client`` (or a LocalCluster of ``workers``); windows run."""
+    """Run ``todo`` blocks on ``client`` (checked by ``predict``), or on a LocalCluster of
+    ``workers`` started here; returns the window runs."""
     from tilewise._predict import run_job_block
 
     distributed = _distributed()
@@ -61,15 +62,6 @@ def run_blocks(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
         )
         own = client = distributed.Client(cluster)
-    elif not isinstance(client, distributed.Client):
-        raise ParameterError(
-            message(
-                "client",
-                expected="a distributed.Client",
-                received=type(client).__name__,
-                fix="connect one with distributed.Client(scheduler_address)",
-            )
-        )
     try:
         shared = client.scatter(job, broadcast=True, hash=False)
         futures = [

@@ -19,7 +19,7 @@ import torch
 
 from tilewise._alloc import host_empty
 from tilewise._errors import ParameterError, ParameterTypeError, ShapeMismatchError, message
-from tilewise._geometry import Tiling
+from tilewise._geometry import Tiling, as_axis_ints
 from tilewise._weights import AxisPlan, contiguous_boxes, index_runs
 
 __all__ = [
@@ -349,19 +349,7 @@ def extract_batches(
     [(range(0, 3), (3, 2, 4, 4)), (range(3, 4), (1, 2, 4, 4))]
     """
     check_tiling(tiling)
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, int | np.integer)
-        or batch_size < 1
-    ):
-        raise ParameterError(
-            message(
-                "batch_size",
-                expected="a positive int",
-                received=repr(batch_size),
-                fix="pass e.g. batch_size=8",
-            )
-        )
+    as_axis_ints(batch_size, 1, "batch_size")
     t, from_numpy = as_tensor(x, "x")
     tiling.check_array_shape(t.shape, "x")
     total = t.shape[0] * len(tiling)

@@ -53,7 +53,7 @@ from tilewise._sink import (
 )
 from tilewise._stitch import Stitcher, _as_device, weight_plan
 from tilewise._weights import contiguous_boxes
-from tilewise.blend import Blend, uniform
+from tilewise.blend import Blend, resolve, uniform
 
 __all__ = ["MemoryPlan", "Prediction", "plan", "predict"]
 
@@ -791,19 +791,7 @@ def predict(
     src = _as_source(source, tiling)
     shape = shape_of(src, "source")
     tiling.check_array_shape(shape, "source")
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, int | np.integer)
-        or batch_size < 1
-    ):
-        raise ParameterError(
-            message(
-                "batch_size",
-                expected="a positive int",
-                received=repr(batch_size),
-                fix="e.g. batch_size=4",
-            )
-        )
+    as_axis_ints(batch_size, 1, "batch_size")
     for what, value, allowed in (
         ("on_nonfinite", on_nonfinite, ("raise", "drop")),
         ("pad_mode", pad_mode, ("reflect", "replicate")),
@@ -837,16 +825,7 @@ def predict(
         if sizes is not None:
             as_axis_ints(sizes, tiling.ndim, what)
     dev = _as_device(device) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    blend = uniform() if blend is None else blend
-    if not isinstance(blend, Blend):
-        raise ParameterTypeError(
-            message(
-                "blend",
-                expected="a tilewise.blend recipe",
-                received=type(blend).__name__,
-                fix="use e.g. tw.blend.border(10, weight=0.0)",
-            )
-        )
+    blend = resolve(blend)
     runner = _Runner(
         model_fn,
         src,
@@ -1391,15 +1370,8 @@ def plan(
     for what, sizes in (("chunks", chunks), ("block", block)):
         if sizes is not None:
             as_axis_ints(sizes, tiling.ndim, what)
-    if blend is not None and not isinstance(blend, Blend):
-        raise ParameterTypeError(
-            message(
-                "blend",
-                expected="a tilewise.blend recipe",
-                received=type(blend).__name__,
-                fix="use e.g. tw.blend.hann()",
-            )
-        )
+    if blend is not None:
+        resolve(blend)
     vox = math.prod(tiling.window)
     per_window_dev = vox * (channels * itemsize + 4 * out_channels + activation_bytes_per_voxel)
     device_bytes = int(batch_size * per_window_dev)

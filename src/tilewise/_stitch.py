@@ -29,7 +29,7 @@ from tilewise._errors import (
 )
 from tilewise._extract import Indices, as_tensor, check_tiling, resolve_indices
 from tilewise._weights import AxisPiece, WeightPlan, clip_pieces, contiguous_boxes
-from tilewise.blend import Blend, uniform
+from tilewise.blend import Blend, resolve
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -211,16 +211,7 @@ class Stitcher:
                 message("n", expected="a positive int", received=repr(n), fix="pass n=x.shape[0]")
             )
         n = int(n)
-        blend = uniform() if blend is None else blend
-        if not isinstance(blend, Blend):
-            raise ParameterTypeError(
-                message(
-                    "blend",
-                    expected="a tilewise.blend recipe",
-                    received=type(blend).__name__,
-                    fix="use e.g. tw.blend.border(10, weight=0.0) or tw.blend.gaussian()",
-                )
-            )
+        blend = resolve(blend)
         self.tiling, self.n, self.blend = tiling, n, blend
         self.plan = weight_plan(tiling, blend)  # validates coverage now, before any work
         self._dtype = _acc_dtype(dtype)

@@ -27,7 +27,7 @@ import numpy as np
 
 from tilewise._errors import ParameterError, ParameterTypeError, ShapeMismatchError, message
 
-__all__ = ["Blend", "border", "custom", "gaussian", "hann", "ramp", "uniform"]
+__all__ = ["Blend", "border", "custom", "gaussian", "hann", "ramp", "resolve", "uniform"]
 
 
 def _number(value: Any, what: str) -> float:
@@ -430,3 +430,23 @@ def custom(weights: Any, *, edge_aware: bool = True) -> Blend:
     [1.0, 2.0, 1.0]
     """
     return _Custom(weights, edge_aware)
+
+
+def resolve(blend: Any) -> Blend:
+    """``blend`` itself, :func:`uniform` for None, or a clear error for anything else.
+
+    >>> resolve(None)
+    blend.uniform()
+    """
+    if blend is None:
+        return uniform()
+    if not isinstance(blend, Blend):
+        raise ParameterTypeError(
+            message(
+                "blend",
+                expected="a tilewise.blend recipe",
+                received=type(blend).__name__,
+                fix="use e.g. tw.blend.border(10, weight=0.0) or tw.blend.gaussian()",
+            )
+        )
+    return blend
