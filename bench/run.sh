@@ -7,7 +7,7 @@
 # (`--quick` is passed on; extra arguments through BENCH_TRAIN_ARGS, e.g. "-c tilewise,naive").
 # `--no-train` skips it, `--train-only` skips the stitching benchmark.
 # `--ooc` also runs bench/run_ooc.py, the out-of-core (zarr on disk) inference benchmark, last:
-# it is long (about 15 minutes at full size, several GB on disk), so it is off by default.
+# it is long (about 30 minutes at full size, up to 30 GB on disk), so it is off by default.
 # `--ooc-only` runs only that one; `--quick` is passed on, other arguments go through
 # BENCH_OOC_ARGS (e.g. "-c tilewise,naive_zarr --no-scale").
 set -euo pipefail

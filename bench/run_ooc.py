@@ -549,6 +549,11 @@ def summarise(rec: dict, bound: dict) -> dict:
         notes.append(f"contended: other processes used {contention:.2f} cores")
     if rec["status"] != "ok":
         notes.insert(0, f"**{rec['status']}** ({rec.get('error_stage', '')}): {rec.get('error')}")
+        if rec.get("loadavg_before") is not None and "foreign_cores" not in rec:
+            notes.append(
+                f"load average {rec['loadavg_before']:.1f} before, "
+                f"{rec.get('loadavg_after', 0):.1f} after (other work on the machine)"
+            )
     row["note"] = "; ".join(n for n in notes if n).replace("|", "/")
     return row
 
