@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -315,26 +321,27 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path):
     assert not (out / ".tilewise" / "lock").exists()
 
 
-def test_a_second_writer_is_refused(tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    x = volume()
-    out = tmp_path / "o.zarr"
-    tw.predict(lambda z: z, x, T3, out=out, **SMALL)
+@contextlib.contextmanager
+def lock_held_by_another_process(out):
+    """A live process recorded as the writer of ``out`` (as a concurrent run would leave it)."""
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        import socket
-
         (out / ".tilewise" / "lock").write_text(
             json.dumps({"pid": holder.pid, "host": socket.gethostname(), "time": 0})
         )
-        with pytest.raises(tw.ConcurrentWriterError, match=f"process {holder.pid}"):
-            tw.predict(lambda z: z, x, T3, out=out, **SMALL)
+        yield holder.pid
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    x = volume()
+    out = tmp_path / "o.zarr"
+    tw.predict(lambda z: z, x, T3, out=out, **SMALL)
+    with lock_held_by_another_process(out) as pid:  # noqa: SIM117 - the match needs pid
+        with pytest.raises(tw.ConcurrentWriterError, match=f"process {pid}"):
+            tw.predict(lambda z: z, x, T3, out=out, **SMALL)
     tw.predict(lambda z: z, x, T3, out=out, **SMALL)  # the holder is gone: stale lock taken
 
 
@@ -440,25 +447,13 @@ def test_a_block_with_every_window_dropped_says_so(tmp_path):
 
 
 def test_overwrite_waits_for_the_lock(tmp_path):
-    import json
-    import socket
-    import subprocess
-    import sys
-
     x = volume()
     out = tmp_path / "o.zarr"
     tw.predict(lambda z: z, x, T3, out=out, **SMALL)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        (out / ".tilewise" / "lock").write_text(
-            json.dumps({"pid": holder.pid, "host": socket.gethostname(), "time": 0})
-        )
+    with lock_held_by_another_process(out):
         with pytest.raises(tw.ConcurrentWriterError):
             tw.predict(lambda z: 2 * z, x, T3, out=out, overwrite=True, **SMALL)
         assert len(list((out / ".tilewise" / "done").iterdir())) == 27  # nothing was deleted
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_resume_refuses_other_pad_mode_and_overlapping_output(tmp_path):
