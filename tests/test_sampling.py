@@ -34,11 +34,18 @@ def brute_counts(labels: np.ndarray, t: tw.Tiling, border: tuple[int, ...], igno
 def test_summed_area_counts_equal_brute_force(t, data):
     border = tuple(data.draw(st.integers(0, max(0, (w - 1) // 2))) for w in t.window)
     n = data.draw(st.integers(1, 2))
-    density = data.draw(st.sampled_from([0.0, 0.01, 0.3, 1.0]))
+    density = data.draw(st.sampled_from([0.0, 0.01, 0.3, 1.0]))  # sparse and dense slabs
+    # word-wise scan of sparse integer labels: every width, and an ignore value of each sign
+    dtype = np.dtype(data.draw(st.sampled_from(["int8", "uint8", "int16", "int32", "int64"])))
+    ignore = 255 if dtype == np.uint8 else data.draw(st.sampled_from([-1, 7]))
     rng = np.random.default_rng(data.draw(st.integers(0, 1000)))
-    labels = np.where(rng.random((n, *t.shape)) < density, rng.integers(0, 3, (n, *t.shape)), -1)
-    got = tw.count_labeled(labels, t, border=border)
-    np.testing.assert_array_equal(got, brute_counts(labels, t, border, -1))
+    values = rng.integers(0, 3, (n, *t.shape))
+    labels = np.where(rng.random((n, *t.shape)) < density, values, ignore).astype(dtype)
+    got = tw.count_labeled(labels, t, border=border, ignore=ignore)
+    np.testing.assert_array_equal(got, brute_counts(labels, t, border, ignore))
+    report = tw.clean(np.zeros((n, 1, *t.shape)), labels, t, border=border, ignore=ignore).report
+    values, per_class = np.unique(labels[labels != ignore], return_counts=True)
+    assert report.classes == dict(zip(values.tolist(), per_class.tolist(), strict=True))
 
 
 def test_counts_with_channels_nan_and_small_slabs(monkeypatch):
