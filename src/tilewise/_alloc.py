@@ -10,16 +10,30 @@ memory is zero-filled by the kernel, so a zero accumulator costs no extra pass.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import math
 import mmap
-from typing import TYPE_CHECKING
+import os
+import sys
+import threading
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import torch
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["HUGE_THRESHOLD", "host_empty"]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+__all__ = [
+    "HUGE_THRESHOLD",
+    "host_empty",
+    "release_freed_memory",
+    "reuse_freed_memory",
+    "reusing_freed_memory",
+]
 
 HUGE_THRESHOLD = 8 << 20  # bytes; below this the default allocator is as fast
 
@@ -46,3 +60,96 @@ def host_empty(
     with contextlib.suppress(OSError):  # kernels without THP: still a valid, zeroed mapping
         buf.madvise(advise)
     return torch.frombuffer(buf, dtype=dtype).view(tuple(shape)), True
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+_KEEP = (128 << 20, 256 << 20, 1)  # trim, mmap, arenas while a tiled run goes on
+# where glibc's adaptive thresholds end up, and its arena limit (8 per core on 64-bit systems)
+_DEFAULTS = (64 << 20, 32 << 20, 8 * (os.cpu_count() or 1))
+_lock = threading.Lock()
+_depth = 0
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt  # noqa: B018 - glibc only: musl and others have no mallopt
+        libc.malloc_trim  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _tuned_by_user() -> bool:
+    return any(
+        k in os.environ
+        for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
+    )
+
+
+@contextlib.contextmanager
+def reuse_freed_memory() -> Iterator[None]:
+    """Reuse freed memory instead of mapping fresh pages while a tiled run goes on (glibc).
+
+    glibc hands every freed block above 32 MiB back to the kernel, so a model whose batches
+    allocate such tensors maps, faults in and zeroes fresh pages for every batch: on this
+    project's 2-core machine ``torch.cat([2 * x, 2 * x], 1)`` on four 128^3 windows took 64 ms
+    that way and 10 ms with its memory reused. Inside this context blocks up to 256 MiB come
+    from the heap, one arena serves every thread (so freed memory is found again instead of
+    piling up per thread), and up to 128 MiB stays free at its top; runs call
+    :func:`release_freed_memory` after each written block, so resident memory stays bounded.
+    On leaving, the settings become those glibc's adaptive ones end up at (mmap 32 MiB, trim
+    64 MiB, arenas per core) and the free heap is returned to the system. Nothing is changed
+    when ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_ARENA_MAX`` is set
+    (the user's own tuning) or the C library is not glibc.
+
+    >>> with reuse_freed_memory():
+    ...     x = torch.ones(1 << 20).sum()
+    >>> float(x)
+    1048576.0
+    """
+    global _depth
+    libc = _libc()
+    if libc is None or _tuned_by_user():
+        yield
+        return
+    with _lock:
+        _depth += 1
+        if _depth == 1:
+            for param, value in zip(
+                (_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX), _KEEP, strict=True
+            ):
+                libc.mallopt(param, value)
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                for param, value in zip(
+                    (_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX), _DEFAULTS, strict=True
+                ):
+                    libc.mallopt(param, value)
+                libc.malloc_trim(0)
+
+
+def release_freed_memory() -> None:
+    """Return the heap's free memory to the system now (glibc; elsewhere nothing happens)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def reusing_freed_memory(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` inside :func:`reuse_freed_memory` (a decorator for whole runs, so that the
+    threads a run starts, its readers and writers, share the heap from their first use)."""
+
+    @functools.wraps(fn)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with reuse_freed_memory():
+            return fn(*args, **kwargs)
+
+    return run

@@ -1,11 +1,13 @@
-"""Running ``predict``'s output blocks as tasks on a dask.distributed cluster.
+"""Running ``predict``'s rows of output blocks as tasks on a dask.distributed cluster.
 
-Each block is one task: it reads the input region its windows need, runs the model, stitches and
-writes only its own chunk-aligned block, then leaves a marker in the journal. Blocks never share a
-chunk, so workers write without locks; windows that straddle blocks are run by each block that
-needs them, so a block's values do not depend on where or when it ran. A task whose worker dies is
-rerun elsewhere by the scheduler; a task that finds its block already journalled returns at once,
-so no finished block is written twice.
+Each row of blocks (blocks sharing their box on every axis but the first) is one task: it reads
+the input its windows need, runs the model, stitches and writes only its own chunk-aligned
+blocks, leaving a marker in the journal after each. Blocks never share a chunk, so workers write
+without locks. A row's windows are cut into batches in one fixed way, and windows that straddle
+rows are run by each row that needs them, so a block's values do not depend on where or when it
+ran: the result is bit-identical to the single-process one. A task whose worker dies is rerun
+elsewhere by the scheduler and skips the blocks already journalled, so no finished block is
+written twice.
 
 The job (model, source and settings) is scattered once to every worker; the model is built once
 per worker process, not once per task.
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from tilewise._predict import _Job, _Progress
     from tilewise._sink import Block
 
-__all__ = ["run_blocks"]
+__all__ = ["run_rows"]
 
 
 def _distributed() -> Any:
@@ -34,17 +36,17 @@ def _distributed() -> Any:
     return distributed
 
 
-def run_blocks(
+def run_rows(
     job: _Job,
-    todo: list[Block],
+    todo: list[tuple[Block, ...]],
     work: dict[str, int],
     bar: _Progress,
     client: Any,
     workers: int,
 ) -> int:
-    """Run ``todo`` blocks on ``client`` (checked by ``predict``), or on a LocalCluster of
-    ``workers`` started here; returns the window runs."""
-    from tilewise._predict import run_job_block
+    """Run ``todo`` rows of blocks on ``client`` (checked by ``predict``), or on a LocalCluster
+    of ``workers`` started here; returns the window runs."""
+    from tilewise._predict import run_job_row
 
     distributed = _distributed()
     own = None
@@ -66,14 +68,14 @@ def run_blocks(
         shared = client.scatter(job, broadcast=True, hash=False)
         futures = [
             client.submit(
-                run_job_block,
+                run_job_row,
                 shared,
-                b,
-                key=f"tilewise-block-{job.token}-{b.key}",
+                row,
+                key=f"tilewise-row-{job.token}-{row[0].key}",
                 pure=False,
                 retries=3,
             )
-            for b in todo
+            for row in todo
         ]
         run = 0
         try:

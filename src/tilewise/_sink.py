@@ -38,6 +38,7 @@ __all__ = [
     "check_writable",
     "convert_block",
     "is_url",
+    "rows",
     "stored_dtype",
 ]
 
@@ -83,6 +84,19 @@ def blocks(
         [(a, min(a + sz, s)) for a in range(0, s, sz)] for s, sz in zip(shape, sizes, strict=True)
     ]
     return [Block(i, tuple(r)) for i in range(n) for r in itertools.product(*axes)]
+
+
+def rows(blist: Sequence[Block]) -> list[tuple[Block, ...]]:
+    """Blocks grouped in rows: those of one image sharing their box on every axis but the
+    first, in order along it (a row is swept along the first axis).
+
+    >>> [[b.region for b in r] for r in rows(blocks(1, (4, 6), (2, 3), (1, 1)))]
+    [[((0, 2), (0, 3)), ((2, 4), (0, 3))], [((0, 2), (3, 6)), ((2, 4), (3, 6))]]
+    """
+    groups: dict[tuple[Any, ...], list[Block]] = {}
+    for b in blist:
+        groups.setdefault((b.n, b.region[1:]), []).append(b)
+    return [tuple(sorted(g, key=lambda b: b.region[0])) for g in groups.values()]
 
 
 def stored_dtype(out_dtype: str, channels: int) -> np.dtype:

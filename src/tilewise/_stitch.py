@@ -46,7 +46,7 @@ class _WeightCache:
     """Normalised window weights as tensors, shared by every Stitcher of a plan (blocks reuse
     them), least recently used first out beyond a byte budget."""
 
-    def __init__(self, max_bytes: int = 64 << 20) -> None:
+    def __init__(self, max_bytes: int = 32 << 20) -> None:
         self.max_bytes = max_bytes
         self.items: OrderedDict[Any, tuple[torch.Tensor, bool]] = OrderedDict()
         self.nbytes = 0

@@ -451,7 +451,8 @@ are skipped. Export the model with a dynamic batch axis, so that any batch size 
     "--block",
     type=_Ints(minimum=1),
     default=None,
-    help="Output block run at once, whole chunks (default ~256 MiB of float32).",
+    help="Output block written at once, whole chunks (default: a step deep, and as wide as "
+    "keeps a row's open float32 blocks under 128 MiB).",
 )
 @_input_options
 @click.option("--tta", is_flag=True, help="Average over all flips of the tiled axes.")
@@ -855,7 +856,7 @@ def plan(
 
     SHAPE_OR_INPUT is a spatial shape such as 236,720,510 or an input file (its shape, batch
     and channels are used). With --chunks or --block the estimate is for writing zarr block by
-    block (windows that straddle blocks run once per block).
+    block (rows of blocks are swept along the first axis; windows reaching two rows run twice).
 
     \f
     Returns
@@ -910,7 +911,9 @@ def plan(
         ("duplication", f"{dup:.2f}x (sum of window volumes / array volume)"),
     ]
     if out:
-        rows.append(("windows run", f"{mp.windows_run} (with block halos, writing zarr blocks)"))
+        rows.append(
+            ("windows run", f"{mp.windows_run} (windows reaching two rows of blocks run twice)")
+        )
     rows += [
         ("batch size", f"{mp.batch_size}"),
         ("device memory", f"~{_fmt_bytes(mp.device_bytes)}"),
