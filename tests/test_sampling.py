@@ -30,6 +30,20 @@ def brute_counts(labels: np.ndarray, t: tw.Tiling, border: tuple[int, ...], igno
     return out
 
 
+def brute_in_kept_cores(mask, t: tw.Tiling, border, kept) -> int:
+    """Labelled voxels inside the union of the kept windows' cores, image by image."""
+    union = np.zeros(mask.shape, dtype=bool)
+    for flat in kept.tolist():
+        n, w = divmod(flat, len(t))
+        win = t[w]
+        core = tuple(
+            slice(max(a + b, 0), max(min(z - b, s), 0))
+            for a, z, b, s in zip(win.start, win.stop, border, t.shape, strict=True)
+        )
+        union[(n, *core)] = True
+    return int((mask & union).sum())
+
+
 @given(t=tilings(stitchable=False), data=st.data())
 def test_summed_area_counts_equal_brute_force(t, data):
     border = tuple(data.draw(st.integers(0, max(0, (w - 1) // 2))) for w in t.window)
@@ -43,9 +57,15 @@ def test_summed_area_counts_equal_brute_force(t, data):
     labels = np.where(rng.random((n, *t.shape)) < density, values, ignore).astype(dtype)
     got = tw.count_labeled(labels, t, border=border, ignore=ignore)
     np.testing.assert_array_equal(got, brute_counts(labels, t, border, ignore))
-    report = tw.clean(np.zeros((n, 1, *t.shape)), labels, t, border=border, ignore=ignore).report
+    need = data.draw(st.integers(1, 3))
+    r = tw.clean(
+        np.zeros((n, 1, *t.shape)), labels, t, border=border, ignore=ignore, min_labeled=need
+    )
+    report = r.report
     values, per_class = np.unique(labels[labels != ignore], return_counts=True)
     assert report.classes == dict(zip(values.tolist(), per_class.tolist(), strict=True))
+    assert r.indices.tolist() == np.flatnonzero(got.reshape(-1) >= need).tolist()
+    assert report.labeled_in_cores == brute_in_kept_cores(labels != ignore, t, border, r.indices)
 
 
 def test_counts_with_channels_nan_and_small_slabs(monkeypatch):
@@ -109,8 +129,23 @@ def test_min_labeled_count_and_fraction():
     assert frac.indices.tolist() == r9.indices.tolist()
 
 
+def test_labeled_in_cores_counts_only_kept_cores():
+    img, lab, t = hand_volume()
+    lab[:] = -1
+    lab[0, 1, 1] = 0  # only in window (0, 0), which min_labeled=9 drops
+    lab[0, 9:12, 9:12] = 1  # 9 voxels, all in window (2, 2)
+    rep = tw.clean(img, lab, t, min_labeled=9).report
+    assert (rep.kept, rep.labeled, rep.occurrences) == (1, 10, 9)
+    assert rep.labeled_in_cores == 9
+    # per image: a label of image 1 inside a core kept only for image 0 is not counted
+    img2 = np.concatenate([img, img])
+    lab2 = np.concatenate([lab, np.full_like(lab, -1)])
+    lab2[1, 10, 10] = 1
+    rep2 = tw.clean(img2, lab2, t, min_labeled=9).report
+    assert (rep2.kept, rep2.labeled, rep2.labeled_in_cores) == (1, 11, 9)
+
+
 def test_several_images_2d_plus_time_and_torch_inputs():
-    rng = np.random.default_rng(0)
     img = torch.rand(2, 3, 5, 16, 16)  # N=2, C=3, T Y X
     lab = torch.full((2, 2, 5, 16, 16), -1, dtype=torch.int64)  # two label channels
     lab[1, 1, 2, 9, 9] = 1
@@ -124,7 +159,9 @@ def test_several_images_2d_plus_time_and_torch_inputs():
     assert r.report.labeled == 2
     ref = brute_counts(lab.numpy(), t, (0, 0, 0), -1).reshape(-1)
     assert r.indices.tolist() == np.flatnonzero(ref >= 1).tolist()
-    assert rng is not None
+    # classes over every label channel (the 1 is only in channel 1); -1 is never a class
+    assert r.report.classes == {0.0: 1, 1.0: 1}
+    assert "class -1" not in str(r.report)
 
 
 def test_zarr_labels_and_image_are_read_lazily(tmp_path, monkeypatch):
@@ -224,6 +261,93 @@ def test_label_weighted_windows_balance_rare_classes():
     assert sum(int((lab[0][w.slices] == 1).any()) for _, w in freq) < 40
 
 
+def test_random_windows_multichannel_labels_never_make_ignore_a_class():
+    lab = np.full((1, 2, 20, 20), -1, dtype=np.int64)
+    lab[0, 1, 3, 4] = 2  # channel 1 only: channel 0 holds the ignore value there
+    lab[0, 0, 15, 15] = 1
+    lab[0, 1, 15, 15] = 1  # the same voxel and value in both channels: remembered once
+    s = tw.RandomWindows((20, 20), window=6, count=30, labels=lab, seed=0)
+    assert s.classes == {1.0: 1, 2.0: 1}
+    for _, w in s:  # every draw holds a labelled voxel
+        assert (lab[0][(slice(None), *w.slices)] >= 0).any()
+
+
+@pytest.mark.parametrize("ignore", [None, -1, float("nan")])
+def test_random_windows_nan_is_never_a_class(ignore):
+    lab = np.full((1, 20, 20), np.nan, dtype=np.float32)
+    lab[0, 2, 2] = 0.0
+    lab[0, 17, 17] = 1.0
+    lab[0, 5, 5] = -1.0  # unlabelled with ignore=-1, a class with ignore=NaN
+    s = tw.RandomWindows((20, 20), window=4, count=20, labels=lab, ignore=ignore, seed=0)
+    want = {0.0: 1, 1.0: 1} if ignore == -1 else {-1.0: 1, 0.0: 1, 1.0: 1}
+    assert s.classes == want
+    assert len(list(s)) == 20  # drawing works
+
+
+def test_continuous_float_labels_are_one_class():
+    rng = np.random.default_rng(0)
+    lab = np.where(rng.random((1, 30, 30)) < 0.5, rng.random((1, 30, 30)), np.nan)
+    s = tw.RandomWindows((30, 30), window=8, count=10, labels=lab, seed=0)
+    assert s.classes == {}
+    assert [len(p.coords) for p in s.points] == [int((~np.isnan(lab)).sum())]
+    assert len(list(s)) == 10
+    with pytest.raises(tw.ParameterError, match="continuous float labels"):
+        tw.RandomWindows((30, 30), 8, 10, labels=lab, class_weights={0.5: 1.0})
+    rep = tw.clean(np.zeros((1, 1, 30, 30)), lab, tw.Tiling((30, 30), 10, 10)).report
+    assert rep.classes == {}
+    assert rep.labeled == int((~np.isnan(lab)).sum())
+    assert f"one class (continuous values)  {rep.labeled}" in str(rep)
+    # few distinct float values stay classes
+    few = np.where(np.isnan(lab), np.nan, np.round(lab * 2) / 2)
+    assert tw.RandomWindows((30, 30), 8, 10, labels=few).classes.keys() == {0.0, 0.5, 1.0}
+    assert tw.clean(np.zeros((1, 1, 30, 30)), few, tw.Tiling((30, 30), 10, 10)).report.classes
+
+
+def test_float_labels_default_ignore_is_nan():
+    lab = np.full((1, 8, 8), np.nan, dtype=np.float32)
+    lab[0, 1, 1] = 0.5
+    lab[0, 6, 6] = -1.0  # a real value for float labels by default
+    t = tw.Tiling((8, 8), window=4, step=4)
+    assert tw.count_labeled(lab, t).tolist() == [[1, 0, 0, 1]]
+    r = tw.clean(np.zeros((1, 1, 8, 8)), lab, t, border=1)
+    assert (r.report.labeled, r.report.kept) == (2, 2)
+    assert np.isnan(r.labels[0, 0]).all()  # the border band is NaN, the ignore value
+    ds = tw.PatchDataset(np.zeros((1, 1, 8, 8)), lab, tiling=t, border=1)
+    assert torch.isnan(ds[0]["labels"][0]).all()
+    # explicit ignore values keep working; NaN is still never a label
+    assert tw.count_labeled(lab, t, ignore=-1.0).tolist() == [[1, 0, 0, 0]]
+    assert tw.count_labeled(np.full((1, 8, 8), -1), t).sum() == 0  # integer default: -1
+
+
+@pytest.mark.parametrize("pad", ["reflect", "replicate", "constant"])
+@pytest.mark.parametrize("kind", ["numpy", "torch", "memmap"])
+def test_padded_tiling_pads_labels_with_ignore(pad, kind, tmp_path):
+    img = np.arange(4 * 12, dtype=np.float32).reshape(1, 1, 4, 12)
+    lab = np.arange(4 * 12, dtype=np.int16).reshape(1, 4, 12) % 3  # every voxel labelled
+    t = tw.Tiling((4, 12), window=(8, 6), step=(8, 6), pad=pad)
+    pad_lo, pad_hi = t.padding[0]
+    assert (pad_lo, pad_hi) == (2, 2)
+    if kind == "torch":
+        lab_in = torch.from_numpy(lab)
+    elif kind == "memmap":
+        np.save(tmp_path / "lab.npy", lab)
+        lab_in = np.load(tmp_path / "lab.npy", mmap_mode="r")
+    else:
+        lab_in = lab
+    r = tw.clean(img, lab_in, t)
+    got = np.asarray(r.labels)
+    assert got.shape == (2, 8, 6)
+    for k, w in enumerate(r.windows):
+        assert (got[k, :pad_lo] == -1).all()
+        assert (got[k, 8 - pad_hi :] == -1).all()
+        np.testing.assert_array_equal(got[k, pad_lo : 8 - pad_hi], lab[0][w.slices])
+    ds = tw.PatchDataset(img, lab_in, tiling=t)
+    for k in range(len(ds)):
+        np.testing.assert_array_equal(ds[k]["labels"].numpy(), got[k])
+    if pad != "constant":  # the image is still padded as the tiling says
+        assert not (ds[0]["image"][0, :pad_lo] == 0).all()
+
+
 def test_random_windows_errors():
     with pytest.raises(tw.ParameterError, match="axis 0 has size 4"):
         tw.RandomWindows((4, 10), window=8, count=3)
@@ -233,6 +357,8 @@ def test_random_windows_errors():
         tw.RandomWindows((40, 60, 60), 16, 4, labels=rare_class_labels(), class_weights="x")
     with pytest.raises(tw.ParameterError, match=r"\[0, 3\)"):
         tw.RandomWindows((10, 10), window=4, count=3)[3]
+    with pytest.raises(tw.ParameterError, match="max_points"):
+        tw.RandomWindows((40, 60, 60), 16, 4, labels=rare_class_labels(), max_points=0)
 
 
 # -- dataset ----------------------------------------------------------------------------------
@@ -246,6 +372,8 @@ def test_dataset_grid_items_carry_positions():
         np.testing.assert_array_equal(item["image"].numpy(), r.image[k])
         np.testing.assert_array_equal(item["labels"].numpy(), r.labels[k])
         assert tuple(item["start"].tolist()) == r.windows[k].start
+        assert tuple(item["stop"].tolist()) == r.windows[k].stop
+        assert item["start"].dtype == item["stop"].dtype == torch.int64
         assert item["index"] == int(r.indices[k])
     with pytest.raises(IndexError):
         ds[5]
@@ -268,6 +396,47 @@ def test_dataset_with_dataloader_workers_and_memmap(tmp_path):
     np.testing.assert_array_equal(torch.cat(images).numpy(), tw.extract(img, t))
 
 
+def memmap_views(tmp_path):
+    data = np.arange(2 * 3 * 16 * 24, dtype=np.float32).reshape(2, 3, 16, 24)
+    np.save(tmp_path / "a.npy", data)
+    mm = np.lib.format.open_memmap(tmp_path / "a.npy", mode="r")
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(b"\0" * 40 + np.asfortranarray(data).tobytes(order="F"))
+    fortran = np.memmap(raw, dtype=np.float32, mode="r", offset=40, shape=data.shape, order="F")
+    return {
+        "slice": mm[:, :, :, 8:],
+        "reversed": mm[:, ::-1, ::-1, 8:],
+        "strided": mm[1:, 1:, ::2, 4:20:2],
+        "fortran": fortran[:, 1:, :, 8:],
+    }
+
+
+@pytest.mark.parametrize("view", ["slice", "reversed", "strided", "fortran"])
+def test_pickled_dataset_reopens_the_same_memmap_view(tmp_path, view):
+    mm = memmap_views(tmp_path)[view]
+    t = tw.Tiling(mm.shape[2:], window=4, step=4)
+    ds = tw.PatchDataset(mm, None, tiling=t)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert isinstance(clone.image, np.memmap)
+    assert clone.image.shape == mm.shape
+    np.testing.assert_array_equal(clone.image, mm)
+    again = pickle.loads(pickle.dumps(clone))  # a reopened view pickles the same way
+    np.testing.assert_array_equal(again.image, mm)
+    for k in (0, len(ds) - 1):
+        assert torch.equal(clone[k]["image"], ds[k]["image"])
+
+
+def test_memmap_slice_in_spawned_dataloader_workers(tmp_path):
+    mm = memmap_views(tmp_path)["slice"]
+    t = tw.Tiling((16, 16), window=8, step=8)
+    ds = tw.PatchDataset(mm, None, tiling=t)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=4, num_workers=2, multiprocessing_context="spawn"
+    )
+    images = torch.cat([batch["image"] for batch in loader])
+    np.testing.assert_array_equal(images.numpy(), tw.extract(np.asarray(mm), t))
+
+
 def test_paired_augmentation_moves_image_and_labels_together():
     rng = np.random.default_rng(0)
     img = rng.random((1, 1, 16, 16, 16)).astype(np.float32)
@@ -283,7 +452,24 @@ def test_paired_augmentation_moves_image_and_labels_together():
         changed += int(not np.array_equal(item["image"].numpy(), tw.extract(img, t, k)[0]))
     assert changed > 0
     assert torch.equal(ds[2]["image"], ds[2]["image"])  # deterministic per item
+    epoch0 = [ds[k]["image"] for k in range(len(ds))]
     ds.set_epoch(1)
+    epoch1 = [ds[k]["image"] for k in range(len(ds))]
+    assert any(not torch.equal(a, b) for a, b in zip(epoch0, epoch1, strict=True))
+    ds.set_epoch(0)  # reproducible: the same epoch gives the same augmentations
+    assert all(torch.equal(ds[k]["image"], a) for k, a in enumerate(epoch0))
+
+
+def test_rotation_needs_a_square_plane():
+    img = np.zeros((1, 1, 8, 12, 12), np.float32)
+    t = tw.Tiling((8, 12, 12), window=(4, 6, 6), step=(4, 6, 6))
+    with pytest.raises(tw.ParameterError, match=r"axes 0 and 1.*\(4, 6, 6\)|\(4, 6, 6\).*axes 0"):
+        tw.PatchDataset(img, tiling=t, augment=True, rotate_axes=(0, 1))
+    assert tw.PatchDataset(img, tiling=t, augment=True).rotate_axes == (1, 2)
+    flat = tw.Tiling((12, 12), window=(4, 6), step=(4, 6))  # default plane not square: no rotation
+    ds = tw.PatchDataset(img[:, :, 0], tiling=flat, augment=True)
+    assert ds.rotate_axes is None
+    assert all(tuple(ds[k]["image"].shape) == (1, 4, 6) for k in range(len(ds)))
 
 
 def test_dataset_random_mode():
@@ -294,7 +480,15 @@ def test_dataset_random_mode():
     item = ds[3]
     n, w = sampler[3]
     np.testing.assert_array_equal(item["image"].numpy(), img[n][(slice(None), *w.slices)])
+    assert tuple(item["stop"].tolist()) == w.stop
     assert len(ds) == 10
+    starts0 = [ds[k]["start"].tolist() for k in range(len(ds))]
+    ds.set_epoch(1)
+    starts1 = [ds[k]["start"].tolist() for k in range(len(ds))]
+    assert starts1 != starts0
+    assert starts1 == [list(w.start) for _, w in sampler.with_epoch(1)]
+    ds.set_epoch(0)
+    assert [ds[k]["start"].tolist() for k in range(len(ds))] == starts0
 
 
 def test_dataset_errors():
@@ -309,6 +503,27 @@ def test_dataset_errors():
         tw.PatchDataset(img, lab, tiling=t, flip_axes=[2])
     with pytest.raises(tw.ParameterTypeError, match="an array"):
         tw.PatchDataset("img.npy", tiling=t)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"flip_axes": [0.5]}, tw.ParameterTypeError, "flip_axes"),
+        ({"flip_axes": 0}, tw.ParameterTypeError, "flip_axes"),
+        ({"flip_axes": [True]}, tw.ParameterTypeError, "flip_axes"),
+        ({"rotate_axes": (1, 1)}, tw.ParameterError, "two different tiled axes"),
+        ({"rotate_axes": (0, 1, 1)}, tw.ParameterError, "two different tiled axes"),
+        ({"rotate_axes": (0, "1")}, tw.ParameterTypeError, "rotate_axes"),
+        ({"rotate_axes": (0, 2)}, tw.ParameterError, "tiled axes"),
+        ({"indices": [1.7]}, tw.ParameterTypeError, "indices"),
+        ({"indices": np.ones(9, bool)}, tw.ParameterTypeError, "indices"),
+    ],
+)
+def test_dataset_argument_errors_at_construction(kwargs, error, match):
+    img, lab, t = hand_volume()
+    with pytest.raises(error, match=match) as info:
+        tw.PatchDataset(img, lab, tiling=t, augment=True, **kwargs)
+    assert "Fix:" in str(info.value)
 
 
 def test_dataset_reads_zarr_lazily(tmp_path):

@@ -52,11 +52,20 @@ def read_region(x: Any, index: tuple[Any, ...]) -> np.ndarray:
 
 
 def read_window(
-    x: Any, n: int, window: Window, tiling: Tiling, *, channel_axis: bool = True
+    x: Any,
+    n: int,
+    window: Window,
+    tiling: Tiling,
+    *,
+    channel_axis: bool = True,
+    pad_value: float | None = None,
 ) -> np.ndarray:
     """Read one window of image ``n`` as numpy, applying the tiling's virtual padding.
 
     ``channel_axis=False`` reads arrays laid out ``(N, *spatial)`` (single-channel labels).
+    ``pad_value`` fills the virtual padding with that value whatever the tiling's ``pad`` mode
+    (labels: padding must read as "not labelled", never as copied or invented labels); ``None``
+    (default) pads as the tiling says.
     """
     lead: tuple[Any, ...] = (n, slice(None)) if channel_axis else (n,)
     data = read_region(x, (*lead, *window.slices))
@@ -64,6 +73,8 @@ def read_window(
         return data
     pads = [(0, 0)] * (data.ndim - tiling.ndim)
     pads += [(v.start, w - v.stop) for v, w in zip(window.valid, tiling.window, strict=True)]
+    if pad_value is not None:
+        return np.pad(data, pads, mode="constant", constant_values=pad_value)
     if tiling.pad == "constant":
         return np.pad(data, pads, mode="constant", constant_values=tiling.pad_value)
     if tiling.pad == "replicate":

@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 SLAB_VOXELS = 1 << 24  # voxels read per slab when scanning labels (64 MiB of int32 at most)
+MAX_FLOAT_CLASSES = 256  # float labels with more distinct values are one class ("labelled")
 
 
 # -- labels ----------------------------------------------------------------------------------------
@@ -55,10 +56,18 @@ class LabelSpec:
     channel_axis: bool
     ignore: float
     is_nan: bool
+    floating: bool = False  # float labels: continuous targets unless few distinct values
+
+    def labelled(self, lab: np.ndarray) -> np.ndarray:
+        """Labelled values of a label block, element-wise: not ``ignore``, and never NaN."""
+        if self.is_nan:
+            return np.asarray(~np.isnan(lab))
+        m: np.ndarray = lab != self.ignore
+        return m & ~np.isnan(lab) if self.floating else m
 
     def mask(self, lab: np.ndarray) -> np.ndarray:
         """Labelled voxels of a label block (channels, if any, on axis 1: any channel counts)."""
-        m: np.ndarray = ~np.isnan(lab) if self.is_nan else lab != self.ignore
+        m = self.labelled(lab)
         return np.asarray(m.any(axis=1)) if self.channel_axis else m
 
 
@@ -99,11 +108,13 @@ def _label_spec(image_shape: tuple[int, ...], labels: Any, ignore: Any) -> Label
                 fix="convert labels to an integer type or float32",
             )
         ) from None
+    if ignore is None:  # the default: -1 for integer labels, NaN for float labels
+        ignore = math.nan if np.issubdtype(dtype, np.floating) else -1
     if isinstance(ignore, bool) or not isinstance(ignore, int | float | np.number):
         raise ParameterTypeError(
             message(
                 "ignore",
-                expected="an int (integer labels) or a float/NaN (float labels)",
+                expected="None (default), an int (integer labels) or a float/NaN (float labels)",
                 received=repr(ignore),
                 fix="pass e.g. ignore=-1, or ignore=float('nan') for float targets",
             )
@@ -138,7 +149,7 @@ def _label_spec(image_shape: tuple[int, ...], labels: Any, ignore: Any) -> Label
                 fix="convert labels to an integer type",
             )
         )
-    return LabelSpec(channel_axis, float(ignore), is_nan)
+    return LabelSpec(channel_axis, float(ignore), is_nan, bool(np.issubdtype(dtype, np.floating)))
 
 
 # -- counting --------------------------------------------------------------------------------------
@@ -189,8 +200,9 @@ def _scan_labels(
                 if count_classes and len(labelled):
                     vals, cnt = np.unique(labelled, return_counts=True)
                     for v, k in zip(vals.tolist(), cnt.tolist(), strict=True):
-                        if spec.is_nan or v != spec.ignore:
-                            classes[float(v)] = classes.get(float(v), 0) + int(k)
+                        classes[float(v)] = classes.get(float(v), 0) + int(k)
+                    if spec.floating and len(classes) > MAX_FLOAT_CLASSES:
+                        classes, count_classes = {}, False  # continuous targets: one class
     return _CellCounts(edges, cells, classes)
 
 
@@ -198,7 +210,7 @@ def _count_slab(
     lab: np.ndarray, spec: LabelSpec, edges: tuple[np.ndarray, ...], values: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labelled voxels of a slab ``([C_l,] z, *rest)`` per cell of ``rest`` (summed over z),
-    and the labelled values of its first channel (empty unless ``values``)."""
+    and the labelled values of all its channels (empty unless ``values``)."""
     ncell = tuple(len(e) - 1 for e in edges)
     sparse = _sparse_labels(lab, spec) if lab.ndim == len(edges) + 1 else None
     if sparse is not None:  # a few labelled voxels: bin their coordinates into cells
@@ -210,14 +222,14 @@ def _count_slab(
         flat = np.ravel_multi_index(cell, ncell) if cell else np.zeros(len(pos), np.int64)
         counts = np.bincount(flat, minlength=math.prod(ncell)).reshape(ncell)
         return counts, vals
-    m = ~np.isnan(lab) if spec.is_nan else lab != spec.ignore
+    full = spec.labelled(lab)
+    m = full
     if lab.ndim > len(edges) + 1:  # several label channels: a voxel counts if any is labelled
-        m = m.any(axis=0)
+        m = np.asarray(m.any(axis=0))
     block = m.sum(axis=0, dtype=np.int64)
     for ax, e in enumerate(edges):
         block = np.add.reduceat(block, e[:-1], axis=ax, dtype=np.int64)
-    first = lab[0] if lab.ndim > len(edges) + 1 else lab
-    return block, (first[m] if values else first[:0])
+    return block, (lab[full] if values else np.empty(0, lab.dtype))
 
 
 def _sparse_labels(lab: np.ndarray, spec: LabelSpec) -> tuple[np.ndarray, np.ndarray] | None:
@@ -252,13 +264,32 @@ def _core_bounds(tiling: Tiling, border: tuple[int, ...]) -> list[tuple[np.ndarr
     ]
 
 
+def _core_cells(
+    tiling: Tiling, border: tuple[int, ...], edges: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every window's core as a box of lattice cells: first and end cell per axis (table
+    positions), each ``(len(tiling), ndim)``, cores clipped to the array."""
+    grids = np.meshgrid(*[np.arange(c) for c in tiling.counts], indexing="ij")
+    lo, hi = [], []
+    for e, (a, z), s, g in zip(
+        edges, _core_bounds(tiling, border), tiling.shape, grids, strict=True
+    ):
+        first = np.searchsorted(e, np.clip(a, 0, s))
+        end = np.maximum(np.searchsorted(e, np.clip(z, 0, s)), first)
+        lo.append(first[g.reshape(-1)])
+        hi.append(end[g.reshape(-1)])
+    return np.stack(lo, axis=1), np.stack(hi, axis=1)
+
+
 def count_labeled(
-    labels: Any, tiling: Tiling, *, border: int | Sequence[int] = 0, ignore: Any = -1
+    labels: Any, tiling: Tiling, *, border: int | Sequence[int] = 0, ignore: Any = None
 ) -> np.ndarray:
     """Labelled voxels in every window's core, shape ``(N, len(tiling))``, int64.
 
     ``labels`` is laid out ``(N, *spatial)`` or ``(N, C_l, *spatial)`` (a voxel counts when any
     channel is labelled) and may be lazy (zarr, h5py, memmap): it is read one slab at a time.
+    ``ignore`` is the "not labelled" value; the default ``None`` means -1 for integer labels and
+    NaN for float labels (NaN never counts as a label).
 
     >>> import numpy as np, tilewise as tw
     >>> lab = np.full((1, 8, 8), -1); lab[0, 1, 1] = 1; lab[0, 6, 6] = 0
@@ -290,26 +321,54 @@ def _window_counts(
     edges = tuple(_edges(s, np.concatenate(bd)) for s, bd in zip(tiling.shape, bounds, strict=True))
     cc = _scan_labels(labels, spec, edges, count_classes)
     sat = cc.table()
-    # per axis: index of every window's core start/stop in the edge list (= table position)
-    lo = [np.searchsorted(e, np.clip(a, 0, None)) for e, (a, _) in zip(edges, bounds, strict=True)]
-    hi = [
-        np.searchsorted(e, np.minimum(z, s))
-        for e, (_, z), s in zip(edges, bounds, tiling.shape, strict=True)
-    ]
-    grids = np.meshgrid(*[np.arange(c) for c in tiling.counts], indexing="ij")
-    flat = [g.reshape(-1) for g in grids]
+    lo, hi = _core_cells(tiling, border, edges)
     total = np.zeros((sat.shape[0], len(tiling)), dtype=np.int64)
     for corner in itertools.product((0, 1), repeat=tiling.ndim):
-        idx = tuple((hi[ax] if c else lo[ax])[flat[ax]] for ax, c in enumerate(corner))
+        idx: tuple[Any, ...] = tuple((hi if c else lo)[:, ax] for ax, c in enumerate(corner))
         sign = -1 if (tiling.ndim - sum(corner)) % 2 else 1
         total += sign * sat[(slice(None), *idx)]
     return total, cc
 
 
+def _labeled_in_kept_cores(
+    cc: _CellCounts, tiling: Tiling, border: tuple[int, ...], keep: np.ndarray
+) -> int:
+    """Labelled voxels inside the union of the kept windows' cores, summed over images.
+
+    Cores are boxes of whole cells: each kept core adds +-1 at its 2^d corners of a difference
+    array over the cells; prefix sums along every axis then give how many kept cores cover each
+    cell.
+    """
+    lo, hi = _core_cells(tiling, border, cc.edges)
+    ncell = cc.cells.shape[1:]
+    per = len(tiling)
+    images = keep // per
+    total = 0
+    for n in np.unique(images).tolist():
+        wins = keep[images == n] % per
+        cover = np.zeros(tuple(c + 1 for c in ncell), dtype=np.int64)
+        for corner in itertools.product((0, 1), repeat=len(ncell)):
+            idx = tuple((hi if c else lo)[wins, ax] for ax, c in enumerate(corner))
+            np.add.at(cover, idx, -1 if sum(corner) % 2 else 1)
+        for ax in range(cover.ndim):
+            cover = np.cumsum(cover, axis=ax)
+        inside = cover[tuple(slice(0, c) for c in ncell)] > 0
+        total += int(cc.cells[n][inside].sum())
+    return total
+
+
 # -- clean -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CleanReport:
-    """What cleaning kept, in the terms of the paper's Table 2."""
+    """What cleaning kept, in the terms of the paper's Table 2.
+
+    ``labeled`` counts labelled voxels (a voxel counts once however many label channels hold a
+    label); ``labeled_in_cores`` those inside the union of the kept windows' cores;
+    ``occurrences`` labelled voxels summed over the kept cores (a voxel once per core holding
+    it). ``classes`` maps each label value to how often it occurs, over all label channels.
+    Float labels with more than ``MAX_FLOAT_CLASSES`` (256) distinct values are continuous
+    targets, one class: ``classes`` is then empty and the table shows a single class row.
+    """
 
     image_shape: tuple[int, ...]
     window: tuple[int, ...]
@@ -340,6 +399,8 @@ class CleanReport:
         for value, count in sorted(self.classes.items()):
             shown = int(value) if float(value).is_integer() else value
             rows.append((f"  class {shown}", f"{count}"))
+        if not self.classes and self.labeled:  # continuous float targets
+            rows.append(("  one class (continuous values)", f"{self.labeled}"))
         rows += [
             ("Window shape", str(self.window)),
             ("Step size", str(self.step)),
@@ -415,15 +476,36 @@ def _mark_border(lab: Any, border: tuple[int, ...], ignore: float, spatial_from:
             lab[tuple(idx)] = ignore
 
 
-def _gather(x: Any, tiling: Tiling, indices: np.ndarray, channel_axis: bool) -> Any:
-    """Kept windows of ``x``; one vectorised extract for in-memory data, else one read each."""
+def _gather(
+    x: Any,
+    tiling: Tiling,
+    indices: np.ndarray,
+    channel_axis: bool,
+    pad_value: float | None = None,
+) -> Any:
+    """Kept windows of ``x``; one vectorised extract for in-memory data, else one read each.
+
+    ``pad_value`` fills virtual padding instead of the tiling's mode (labels: the ignore value).
+    """
     if isinstance(x, torch.Tensor | np.ndarray) and not isinstance(x, np.memmap):
         src = x if channel_axis else x[:, None]
-        out = extract(src, tiling, indices)
+        plan = tiling
+        if pad_value is not None and tiling.pad is not None:
+            plan = Tiling(
+                tiling.shape, tiling.window, tiling.step, pad="constant", pad_value=pad_value
+            )
+        out = extract(src, plan, indices)
         return out if channel_axis else out[:, 0]
     per = len(tiling)
     wins = [
-        read_window(x, int(i) // per, tiling[int(i) % per], tiling, channel_axis=channel_axis)
+        read_window(
+            x,
+            int(i) // per,
+            tiling[int(i) % per],
+            tiling,
+            channel_axis=channel_axis,
+            pad_value=pad_value,
+        )
         for i in indices
     ]
     if wins:
@@ -438,7 +520,7 @@ def clean(
     tiling: Tiling,
     *,
     border: int | Sequence[int] = 0,
-    ignore: Any = -1,
+    ignore: Any = None,
     min_labeled: int | float = 1,
 ) -> CleanResult:
     """Keep the training windows whose core holds labels; mark their border labels as ignored.
@@ -456,6 +538,9 @@ def clean(
         including sides at the array edge: the network has no context there either).
     ignore
         The "not labelled" value: an int for integer labels, a float or NaN for float targets.
+        The default ``None`` means -1 for integer labels and NaN for float labels. NaN is never
+        a label. Virtual padding of a padded tiling (``Tiling(..., pad=...)``) reads as
+        ``ignore`` in the label windows, whatever the image's padding mode.
     min_labeled
         Keep a window when its core holds at least this many labelled voxels (an int), or this
         fraction of its core voxels (a float in (0, 1]).
@@ -464,7 +549,8 @@ def clean(
     -------
     CleanResult with ``image`` and ``labels`` (kept windows, batched, numpy or torch like the
     input), ``indices`` (flat ``n * len(tiling) + i``), ``windows`` (their records), ``images``
-    (the ``n`` of each) and ``report``.
+    (the ``n`` of each) and ``report`` (see :class:`CleanReport`; float labels with more than
+    256 distinct values count as one class there).
 
     Examples
     --------
@@ -484,16 +570,6 @@ def clean(
     need = _min_count(min_labeled, core)
     keep = np.flatnonzero(counts.reshape(-1) >= need).astype(np.int64)
     per = len(tiling)
-    # labelled voxels inside the union of all cores: the cells whose every axis is in some core
-    inside = []
-    for e, (lo, hi) in zip(cc.edges, _core_bounds(tiling, b), strict=True):
-        mid = (e[:-1] + e[1:]) // 2
-        cover = np.zeros(len(mid), dtype=bool)
-        for a, z in zip(lo, hi, strict=True):
-            cover |= (mid >= a) & (mid < z) & (e[:-1] < e[1:])
-        inside.append(cover)
-    cell_index: tuple[Any, ...] = (slice(None), *np.ix_(*inside))
-    in_cores = cc.cells[cell_index].sum()
     report = CleanReport(
         image_shape=ishape,
         window=tiling.window,
@@ -502,12 +578,12 @@ def clean(
         total=counts.size,
         kept=len(keep),
         labeled=int(cc.cells.sum()),
-        labeled_in_cores=int(in_cores),
+        labeled_in_cores=_labeled_in_kept_cores(cc, tiling, b, keep),
         occurrences=int(counts.reshape(-1)[keep].sum()),
         classes=dict(cc.classes),
     )
     img_w = _gather(image, tiling, keep, True)
-    lab_w = _gather(labels, tiling, keep, spec.channel_axis)
+    lab_w = _gather(labels, tiling, keep, spec.channel_axis, pad_value=spec.ignore)
     if isinstance(lab_w, torch.Tensor):
         lab_w = lab_w.clone() if not lab_w.is_contiguous() else lab_w
     _mark_border(lab_w, b, spec.ignore, 2 if spec.channel_axis else 1)
@@ -524,9 +600,10 @@ def clean(
 # -- random windows --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Points:
-    """Coordinates ``(n, *voxel)`` of labelled voxels of one class (subsampled if many)."""
+    """Coordinates ``(n, *voxel)`` of labelled voxels of one class (subsampled if many);
+    ``value`` is ``None`` for the one class of continuous float targets."""
 
-    value: float
+    value: float | None
     coords: np.ndarray  # (P, 1 + ndim) int64
 
 
@@ -549,12 +626,18 @@ class RandomWindows:
     labels, ignore
         When given, draws are centred on labelled voxels: a class is picked (with
         ``class_weights``), then one of its labelled voxels, then a window whose core holds it.
+        Classes are the labelled values over all label channels (a voxel belongs to every
+        class one of its channels holds). Float labels with more than 256 distinct values are
+        continuous targets: all their labelled voxels form one class (``classes`` is empty).
+        ``ignore`` is the "not labelled" value; the default ``None`` means -1 for integer
+        labels and NaN for float labels. Neither the ignore value nor NaN is ever a class.
     border
         Core border: the labelled voxel lands at least ``border`` voxels inside the window when
         the array allows.
     class_weights
         ``"balanced"`` (default: every class equally often, so rare classes are not drowned),
-        ``"frequency"`` (proportional to labelled voxels), or a mapping class value -> weight.
+        ``"frequency"`` (proportional to labelled voxels), or a mapping class value -> weight
+        (not for continuous float targets, which are one class).
     max_points
         At most this many labelled voxels are remembered per class (a uniform subsample).
     seed
@@ -577,7 +660,7 @@ class RandomWindows:
         *,
         n: int | None = None,
         labels: Any = None,
-        ignore: Any = -1,
+        ignore: Any = None,
         border: int | Sequence[int] = 0,
         class_weights: Literal["balanced", "frequency"] | Mapping[float, float] = "balanced",
         max_points: int = 1_000_000,
@@ -589,6 +672,15 @@ class RandomWindows:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ParameterError(
                 message("count", expected="an int >= 0", received=repr(count), fix="e.g. 1000")
+            )
+        if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
+            raise ParameterError(
+                message(
+                    "max_points",
+                    expected="an int >= 1",
+                    received=repr(max_points),
+                    fix="e.g. max_points=1_000_000",
+                )
             )
         self.count, self.seed, self.epoch = count, int(seed), int(epoch)
         self.border = as_axis_ints(border, len(self.shape), "border", minimum=0)
@@ -604,7 +696,8 @@ class RandomWindows:
                     message(
                         "labels",
                         expected="at least one labelled voxel to centre windows on",
-                        received=f"no voxel differs from ignore={ignore!r}",
+                        received=f"no voxel differs from ignore={spec.ignore:g}"
+                        + (" or NaN" if spec.floating and not spec.is_nan else ""),
                         fix="check the ignore value, or sample uniformly (labels=None)",
                     )
                 )
@@ -614,29 +707,44 @@ class RandomWindows:
         self._args = (class_weights, max_points)
 
     def _collect(self, labels: Any, spec: LabelSpec, max_points: int) -> list[_Points]:
+        """Labelled voxels per class; one class ``None`` for continuous float targets."""
         rng = np.random.default_rng([self.seed, 7])
-        found: dict[float, list[np.ndarray]] = {}
+        found: dict[float | None, list[np.ndarray]] = {}
         lshape = shape_of(labels, "labels")
-        spatial_plane = math.prod(self.shape[1:])
+        channels = lshape[1] if spec.channel_axis else 1
+        spatial_plane = math.prod(self.shape[1:]) * channels
         slab = max(1, SLAB_VOXELS // max(spatial_plane, 1))
         lead: tuple[Any, ...] = (slice(None),) if spec.channel_axis else ()
         for n in range(lshape[0]):
             for a in range(0, self.shape[0], slab):
                 lab = read_region(labels, (n, *lead, slice(a, min(a + slab, self.shape[0]))))
-                m = spec.mask(lab[None])[0]
-                if not m.any():
+                full = spec.labelled(lab)  # per channel, if any (then on axis 0)
+                where = np.nonzero(full)
+                if not len(where[0]):
                     continue
-                first = lab[0] if spec.channel_axis else lab  # class from the first channel
-                where = np.nonzero(m)
-                values = first[where]
+                values = lab[where]
+                if spec.channel_axis:
+                    where = where[1:]  # voxel coordinates; a voxel joins each class it holds
                 coords = np.stack(where, axis=1).astype(np.int64)
                 coords[:, 0] += a
                 coords = np.concatenate([np.full((len(coords), 1), n), coords], axis=1)
-                for v in np.unique(values):
-                    found.setdefault(float(v), []).append(coords[values == v])
+                if None in found:  # continuous targets: one class
+                    found[None].append(coords)
+                    continue
+                vals, inverse = np.unique(values, return_inverse=True)
+                if spec.floating and len(found.keys() | set(vals.tolist())) > MAX_FLOAT_CLASSES:
+                    found = {None: [p for parts in found.values() for p in parts] + [coords]}
+                    continue
+                inverse = inverse.reshape(-1)
+                order = np.argsort(inverse, kind="stable")
+                split = np.cumsum(np.bincount(inverse, minlength=len(vals)))[:-1]
+                for v, part in zip(vals.tolist(), np.split(coords[order], split), strict=True):
+                    found.setdefault(float(v), []).append(part)
         points = []
-        for v, parts in sorted(found.items()):
+        for v, parts in sorted(found.items(), key=lambda kv: -math.inf if kv[0] is None else kv[0]):
             c = np.concatenate(parts)
+            if channels > 1:  # a voxel held by two channels with the same value: once
+                c = np.unique(c, axis=0)
             if len(c) > max_points:
                 c = c[np.sort(rng.choice(len(c), size=max_points, replace=False))]
             points.append(_Points(v, c))
@@ -647,6 +755,16 @@ class RandomWindows:
             w = np.ones(len(self.points))
         elif spec == "frequency":
             w = np.array([len(p.coords) for p in self.points], dtype=np.float64)
+        elif isinstance(spec, Mapping) and self.points[0].value is None:
+            raise ParameterError(
+                message(
+                    "class_weights",
+                    expected="'balanced' or 'frequency' for continuous float labels "
+                    f"(more than {MAX_FLOAT_CLASSES} distinct values: one class)",
+                    received=f"a mapping {dict(spec)!r}",
+                    fix="drop class_weights, or quantise the labels into classes",
+                )
+            )
         elif isinstance(spec, Mapping):
             w = np.array([float(spec.get(p.value, 0.0)) for p in self.points])
         else:
@@ -671,8 +789,8 @@ class RandomWindows:
 
     @property
     def classes(self) -> dict[float, int]:
-        """Labelled voxels remembered per class."""
-        return {p.value: len(p.coords) for p in self.points}
+        """Labelled voxels remembered per class (empty for continuous float targets)."""
+        return {p.value: len(p.coords) for p in self.points if p.value is not None}
 
     def with_epoch(self, epoch: int) -> RandomWindows:
         """The same sampler drawing a fresh set of windows for ``epoch``."""
@@ -727,28 +845,85 @@ class RandomWindows:
 
 
 # -- dataset ---------------------------------------------------------------------------------------
+def _address(x: np.ndarray) -> int:
+    return int(x.__array_interface__["data"][0])
+
+
 def _memmap_spec(x: Any) -> Any:
-    if isinstance(x, np.memmap) and x.filename is not None:
-        return ("__memmap__", x.filename, x.dtype.str, x.shape, x.offset, x.flags.f_contiguous)
-    return x
+    """A memmap, or any view of one (a slice, a strided or reversed view), as the file, the byte
+    offset of its first element in that file, dtype, shape and strides; anything else as is."""
+    mapped = getattr(x, "_mmap", None)
+    if not isinstance(x, np.memmap) or x.filename is None or mapped is None:
+        return x
+    root: np.ndarray = x
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if not isinstance(root, np.memmap) or root.base is not mapped:
+        return x  # not a map numpy made: pickled by value
+    # the root's first element lies at byte ``root.offset`` of the file
+    offset = int(root.offset) + _address(x) - _address(root)
+    return ("__memmap__", x.filename, x.dtype, x.shape, x.strides, offset)
 
 
 def _memmap_open(x: Any) -> Any:
+    """Reopen what :func:`_memmap_spec` described, read-only: the exact same view of the file."""
     if isinstance(x, tuple) and x and x[0] == "__memmap__":
-        _, name, dtype, shape, offset, fortran = x
-        return np.memmap(
-            name, dtype=dtype, mode="r", shape=shape, offset=offset, order="F" if fortran else "C"
+        _, name, dtype, shape, strides, offset = x
+        whole = np.memmap(name, dtype=np.uint8, mode="r")
+        view = np.ndarray.__new__(
+            np.memmap, shape, dtype=dtype, buffer=whole, offset=offset, strides=strides
         )
+        view.__array_finalize__(whole)  # as numpy does for views: keep the file's name and map
+        return view
     return x
+
+
+def _axes(axes: Any, what: str) -> tuple[int, ...]:
+    """A sequence of axis numbers as ints, or a ParameterTypeError."""
+    if (
+        isinstance(axes, str | bytes)
+        or not isinstance(axes, Sequence | np.ndarray)
+        or any(isinstance(a, bool) or not isinstance(a, int | np.integer) for a in axes)
+    ):
+        raise ParameterTypeError(
+            message(
+                what,
+                expected="a sequence of ints (tiled axes, numbered from 0)",
+                received=repr(axes),
+                fix=f"pass e.g. {what}=(0, 1)",
+            )
+        )
+    return tuple(int(a) for a in axes)
+
+
+def _int_indices(indices: Any) -> np.ndarray:
+    """Flat window indices as int64, refusing floats and bools (never truncated)."""
+    idx = np.asarray(indices)
+    if idx.size and (idx.dtype == np.bool_ or not np.issubdtype(idx.dtype, np.integer)):
+        raise ParameterTypeError(
+            message(
+                "indices",
+                expected="integer flat window indices",
+                received=f"dtype {idx.dtype}: {np.ravel(idx)[:5].tolist()!r}",
+                fix="pass ints, e.g. tw.clean(...).indices, not floats or a mask",
+            )
+        )
+    return idx.astype(np.int64)
 
 
 class PatchDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """A torch Dataset of training windows read lazily from big arrays.
 
-    Each item is a dict: ``image`` ``(C, *window)``, ``labels`` (if given; border band set to
-    ``ignore``), ``n`` (which image), ``index`` (flat window index, or the draw number for
-    random windows) and ``start`` (int64 voxel start per axis), so positions travel through a
-    ``DataLoader`` with the default collate.
+    Each item is a dict, so positions travel through a ``DataLoader`` with the default collate:
+
+    - ``image``: tensor ``(C, *window)``, the image's dtype;
+    - ``labels`` (only when labels are given): tensor ``(*window)`` or ``(C_l, *window)``, the
+      labels' dtype; the border band and any virtual padding of a padded tiling hold ``ignore``;
+    - ``n``: int, which image;
+    - ``index``: int, the flat window index ``n * len(tiling) + i`` (grid mode) or the draw
+      number (random mode);
+    - ``start``, ``stop``: int64 tensors ``(ndim,)``, the window's voxel box in array
+      coordinates (before augmentation; with virtual padding ``start`` may be negative).
 
     Sources may be torch tensors, numpy arrays or memmaps, or zarr/h5py arrays; only the windows
     asked for are read. The dataset pickles without copying memmaps (they are reopened), so it
@@ -764,13 +939,16 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, Any]]):
     sampler
         Random mode: a :class:`RandomWindows` (instead of ``tiling``).
     border, ignore
-        Labels within ``border`` of a window side are set to ``ignore``.
+        Labels within ``border`` of a window side are set to ``ignore`` (default ``None``: -1
+        for integer labels, NaN for float labels).
     augment
         Paired augmentation applied identically to image and labels: random flips along
         ``flip_axes`` and random 90-degree rotations in the plane of ``rotate_axes``.
     flip_axes, rotate_axes
-        Tiled axes (0-based) to flip / the two axes to rotate in (default: all tiled axes /
-        the last two; rotation only where the window is square in that plane).
+        Tiled axes (0-based) to flip / two different axes to rotate in. Defaults: all tiled
+        axes / the last two, or no rotation when the window is not square in that plane (or
+        there is one tiled axis). An explicit ``rotate_axes`` plane where the window is not
+        square is an error.
     seed
         Augmentation draws depend only on ``(seed, epoch, item)``.
 
@@ -795,7 +973,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, Any]]):
         indices: Sequence[int] | np.ndarray | None = None,
         sampler: RandomWindows | None = None,
         border: int | Sequence[int] = 0,
-        ignore: Any = -1,
+        ignore: Any = None,
         augment: bool = False,
         flip_axes: Sequence[int] | None = None,
         rotate_axes: tuple[int, int] | None = None,
@@ -828,7 +1006,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, Any]]):
         self.tiling, self.sampler = tiling, sampler
         total = ishape[0] * len(plan)
         if tiling is not None:
-            idx = np.arange(total) if indices is None else np.asarray(indices, dtype=np.int64)
+            idx = np.arange(total) if indices is None else _int_indices(indices)
             if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= total)):
                 raise ParameterError(
                     message(
@@ -843,10 +1021,23 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, Any]]):
             self.indices = None
         self.border = as_axis_ints(border, plan.ndim, "border", minimum=0)
         ndim = plan.ndim
-        self.flip_axes = tuple(range(ndim)) if flip_axes is None else tuple(flip_axes)
-        if rotate_axes is None and ndim >= 2:
-            rotate_axes = (ndim - 2, ndim - 1)
-        for ax in (*self.flip_axes, *(rotate_axes or ())):
+        self.flip_axes = tuple(range(ndim)) if flip_axes is None else _axes(flip_axes, "flip_axes")
+        if rotate_axes is None:
+            square = ndim >= 2 and plan.window[-2] == plan.window[-1]
+            self.rotate_axes = (ndim - 2, ndim - 1) if square else None
+        else:
+            pair = _axes(rotate_axes, "rotate_axes")
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ParameterError(
+                    message(
+                        "rotate_axes",
+                        expected="two different tiled axes, e.g. (0, 1)",
+                        received=repr(rotate_axes),
+                        fix="name the plane to rotate in by its two axes",
+                    )
+                )
+            self.rotate_axes = (pair[0], pair[1])
+        for ax in (*self.flip_axes, *(self.rotate_axes or ())):
             if not 0 <= ax < ndim:
                 raise ParameterError(
                     message(
@@ -856,7 +1047,20 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, Any]]):
                         fix="number the tiled axes from 0 (not counting N and C)",
                     )
                 )
-        self.rotate_axes = rotate_axes
+        if self.rotate_axes is not None:
+            a, b = self.rotate_axes
+            if plan.window[a] != plan.window[b]:
+                raise ParameterError(
+                    message(
+                        "rotate_axes",
+                        expected=f"a plane where the window is square (90-degree rotations "
+                        f"keep the window's shape), window {plan.window}",
+                        received=f"rotate_axes={rotate_axes!r}: window sizes "
+                        f"{plan.window[a]} x {plan.window[b]} in the plane of axes {a} and {b}",
+                        fix="rotate in a plane where the window is square, or use a window "
+                        "with equal sizes on those axes",
+                    )
+                )
         self.augment, self.seed, self.epoch = bool(augment), int(seed), 0
         self.image, self.labels = image, labels
 
@@ -886,7 +1090,14 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, Any]]):
         lab = None
         if self.labels is not None and self.spec is not None:
             lab = np.array(
-                read_window(self.labels, n, w, plan, channel_axis=self.spec.channel_axis)
+                read_window(
+                    self.labels,
+                    n,
+                    w,
+                    plan,
+                    channel_axis=self.spec.channel_axis,
+                    pad_value=self.spec.ignore,
+                )
             )
             _mark_border(
                 lab[None], self.border, self.spec.ignore, 2 if self.spec.channel_axis else 1
@@ -898,6 +1109,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, Any]]):
             "n": n,
             "index": flat,
             "start": torch.tensor(w.start, dtype=torch.int64),
+            "stop": torch.tensor(w.stop, dtype=torch.int64),
         }
         if lab is not None:
             item["labels"] = torch.from_numpy(np.ascontiguousarray(lab))
@@ -913,13 +1125,12 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, Any]]):
                 img = np.flip(img, axis=1 + ax)
                 if lab is not None:
                     lab = np.flip(lab, axis=lab_off + ax)
-        if self.rotate_axes is not None:
+        if self.rotate_axes is not None:  # a square plane (checked at construction)
             a, b = self.rotate_axes
-            if img.shape[1 + a] == img.shape[1 + b]:
-                k = int(rng.integers(4))
-                img = np.rot90(img, k, axes=(1 + a, 1 + b))
-                if lab is not None:
-                    lab = np.rot90(lab, k, axes=(lab_off + a, lab_off + b))
+            k = int(rng.integers(4))
+            img = np.rot90(img, k, axes=(1 + a, 1 + b))
+            if lab is not None:
+                lab = np.rot90(lab, k, axes=(lab_off + a, lab_off + b))
         return img, lab
 
     def __getstate__(self) -> dict[str, Any]:
