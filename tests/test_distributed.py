@@ -141,7 +141,7 @@ def test_a_failed_run_resumes_to_the_same_result(client, volume, reference, tmp_
     np.testing.assert_array_equal(info.output[:], expected)
 
 
-def test_local_cluster_on_request(volume, reference, tmp_path):
+def test_local_cluster_on_request(volume, reference, tmp_path, capsys):
     _, path = volume
     out = tw.predict(
         tw.ModelFactory(conv3d),
@@ -150,8 +150,12 @@ def test_local_cluster_on_request(volume, reference, tmp_path):
         out=tmp_path / "o.zarr",
         cluster="local",
         workers=1,
+        progress=True,
         **SMALL,
     )
+    err = capsys.readouterr().err
+    assert "dask dashboard: http://" in err  # where to watch the tasks
+    assert f"{len(T)}/" in err or "windows" in err
     np.testing.assert_array_equal(out[:], reference)
 
 

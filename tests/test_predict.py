@@ -121,6 +121,12 @@ def test_reduced_output_dtypes(out_dtype, expected):
     assert torch.equal(y, expected(torch.cat([x, 1 - x], 1)))
 
 
+def test_uint8_output_refuses_values_that_are_not_probabilities():
+    x = volume()
+    with pytest.raises(tw.ParameterError, match="from -1 to 1"):
+        tw.predict(lambda z: torch.cat([z, 2 * z - 1], 1), x, T3, out_dtype="uint8")
+
+
 def test_nonfinite_outputs_raise_with_position_or_are_refilled():
     x = torch.rand(1, 1, 40, 40)
     t = tw.Tiling((40, 40), window=16, step=8)
@@ -161,10 +167,15 @@ def test_plan_estimates_and_suggests_a_batch_size():
     assert p.host_bytes >= 236 * 720 * 510 * 8
     fit = tw.plan(t, out_channels=2, activation_bytes_per_voxel=64, budget_bytes=2 << 30)
     assert fit.suggested_batch_size == (2 << 30) // (128**3 * 76)
+    assert p.result_bytes == 236 * 720 * 510 * 2 * 4  # what predict may keep on a GPU
     ooc = tw.plan(t, out_channels=2, out=True, chunks=(64, 64, 64), block=(128, 256, 256))
     assert ooc.windows_run >= ooc.windows
     assert ooc.host_bytes < p.host_bytes
+    assert ooc.result_bytes == 2 * 128 * 256 * 256 * 2 * 4  # a window spans two blocks' depth
     assert "windows" in str(ooc)
+    tight = tw.plan(t, activation_bytes_per_voxel=64, budget_bytes=1 << 20)
+    assert tight.suggested_batch_size == 0
+    assert "over the budget" in str(tight)
 
 
 @pytest.mark.parametrize(
@@ -377,18 +388,65 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path):
     assert not (out / ".tilewise" / "lock").exists()
 
 
+HOLD_LOCK = """
+import fcntl, json, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
 @contextlib.contextmanager
 def lock_held_by_another_process(out):
-    """A live process recorded as the writer of ``out`` (as a concurrent run would leave it)."""
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    """Another live process holding the writer lock of ``out``, as a concurrent run does."""
+    lock = out / ".tilewise" / "lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True
+    )
     try:
-        (out / ".tilewise" / "lock").write_text(
-            json.dumps({"pid": holder.pid, "host": socket.gethostname(), "time": 0})
-        )
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
         yield holder.pid
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
+
+
+def test_a_lock_left_by_a_dead_writer_is_taken_over(tmp_path):
+    x = volume()
+    out = tmp_path / "o.zarr"
+    tw.predict(lambda z: z, x, T3, out=out, **SMALL)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (out / ".tilewise" / "lock").write_text(
+        json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "time": 0})
+    )
+    tw.predict(lambda z: z, x, T3, out=out, **SMALL)  # no process holds it: taken over
+    assert not (out / ".tilewise" / "lock").exists()
+
+
+def test_an_output_no_run_started_is_not_overwritten(tmp_path):
+    x = volume()
+    foreign = zarr.create_array(
+        tmp_path / "o.zarr",
+        shape=(1, 1, 40, 44, 36),
+        dtype="f4",
+        chunks=(1, 1, 8, 8, 8),
+        fill_value=42.0,
+    )
+    with pytest.raises(tw.ParameterError, match="no tilewise run recorded"):
+        tw.predict(lambda z: z, x, T3, out=tmp_path / "o.zarr", **SMALL)
+    assert float(foreign[0, 0, 0, 0, 0]) == 42.0
+    assert not (tmp_path / "o.zarr" / ".tilewise").exists()
+    z = tw.predict(lambda z: z, x, T3, out=tmp_path / "o.zarr", overwrite=True, **SMALL)
+    np.testing.assert_allclose(z[:], x.numpy(), rtol=1e-6)
 
 
 def test_a_second_writer_is_refused(tmp_path):
@@ -409,6 +467,24 @@ def test_other_settings_are_refused_unless_overwrite(tmp_path):
         tw.predict(lambda z: z, x, T3, out=out, blend=tw.blend.hann(), **SMALL)
     z = tw.predict(lambda z: 2 * z, x, T3, out=out, blend=tw.blend.hann(), overwrite=True, **SMALL)
     np.testing.assert_allclose(z[:], 2 * x.numpy(), rtol=1e-6)
+
+
+def test_a_resume_must_read_the_same_input_with_the_same_model(tmp_path):
+    x = volume()
+    for name, data in (("a.zarr", x.numpy()), ("b.zarr", 0 * x.numpy())):
+        zarr.create_array(tmp_path / name, shape=x.shape, chunks=(1, 1, 16, 16, 16), dtype="f4")[
+            :
+        ] = data
+    out = tmp_path / "o.zarr"
+    tw.predict(lambda z: z, tmp_path / "a.zarr", T3, out=out, **SMALL)
+    with pytest.raises(tw.ResumeMismatchError, match="source"):
+        tw.predict(lambda z: z, tmp_path / "b.zarr", T3, out=out, **SMALL)
+    with pytest.raises(tw.ResumeMismatchError, match="model"):  # no weights: its code tells
+        tw.predict(lambda z: 2 * z, tmp_path / "a.zarr", T3, out=out, **SMALL)
+    again = tw.predict(
+        lambda z: z, tmp_path / "a.zarr", T3, out=out, batch_size=2, return_info=True, **SMALL
+    )
+    assert again.blocks_skipped == 27  # another batch size resumes (after an OOM, say)
 
 
 def test_ome_zarr_in_gives_ome_zarr_out_with_the_same_geometry(tmp_path):
@@ -448,6 +524,19 @@ def test_several_heads_to_zarr(tmp_path):
     out = tw.predict(lambda z: {"a": z, "b": -z}, x, T3, out=tmp_path / "h.zarr", **SMALL)
     assert set(out) == {"a", "b"}
     np.testing.assert_allclose(out["b"][:], -x.numpy(), rtol=1e-6)
+    root = zarr.open_group(tmp_path / "h.zarr", mode="r")  # a real group, one array per head
+    assert sorted(root.array_keys()) == ["a", "b"]
+    assert root.attrs["tilewise"] == {"heads": ["a", "b"]}
+    b = tw.open_array(tmp_path / "h.zarr", dataset="b")
+    np.testing.assert_array_equal(b[:], out["b"][:])
+    with pytest.raises(tw.ParameterError, match="dataset="):
+        tw.open_array(tmp_path / "h.zarr")
+    ome = tw.predict(
+        lambda z: {"a": z, "b": -z}, x, T3, out=tmp_path / "h.ome.zarr", ome=True, **SMALL
+    )
+    img = tw.open_array(tmp_path / "h.ome.zarr", dataset="b")
+    assert img.info.format == "ome-zarr"
+    np.testing.assert_array_equal(img[:], ome["b"][:])
 
 
 # -- regressions found in review -----------------------------------------------------------------
@@ -584,3 +673,7 @@ def test_bad_plan_arguments():
         tw.plan(T3, out=True, chunks=(0, 5, 5))
     with pytest.raises(tw.TilewiseError, match="blend"):
         tw.plan(T3, blend="hann")
+    with pytest.raises(tw.ParameterError, match="positive number of bytes"):
+        tw.plan(T3, budget_bytes=-5)
+    with pytest.raises(tw.ParameterTypeError, match="budget_bytes"):
+        tw.plan(T3, budget_bytes=1.5)

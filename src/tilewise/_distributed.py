@@ -15,6 +15,7 @@ per worker process, not once per task.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from tilewise._errors import ParameterError, message
@@ -65,6 +66,8 @@ def run_rows(
         )
         own = client = distributed.Client(cluster)
     try:
+        if bar.enabled and getattr(client, "dashboard_link", None):
+            bar.note(f"dask dashboard: {client.dashboard_link}")
         shared = client.scatter(job, broadcast=True, hash=False)
         futures = [
             client.submit(
@@ -84,7 +87,11 @@ def run_rows(
                 run += windows
                 bar.update(work.get(key, 0))
         except BaseException:
-            client.cancel(futures)  # start no further blocks; finished ones stay journalled
+            client.cancel(futures)  # start no further rows; finished blocks stay journalled
+            # rows already running cannot be stopped: let them finish before the lock is
+            # released, so that no task of this run writes into a run started after it
+            with contextlib.suppress(BaseException):  # a second Ctrl-C stops waiting
+                distributed.wait(futures)
             raise
         return run
     finally:

@@ -816,6 +816,11 @@ def _open_zarr_array(
     )
 
 
+def _visible(keys: Any) -> list[str]:
+    """Names of a group's members, without hidden ones (``.tilewise``, a run's journal)."""
+    return sorted(k for k in keys if not str(k).startswith("."))
+
+
 def _open_zarr_node(
     node: Any, source: str, *, level: int, dataset: str | None, axes: str | None, reopen: Any
 ) -> LazyArray:
@@ -832,8 +837,8 @@ def _open_zarr_node(
                 message(
                     "dataset",
                     expected=f"a node of the zarr group {source}: arrays "
-                    f"{_listing(sorted(node.array_keys()))}, groups "
-                    f"{_listing(sorted(node.group_keys()))}",
+                    f"{_listing(_visible(node.array_keys()))}, groups "
+                    f"{_listing(_visible(node.group_keys()))}",
                     received=repr(dataset),
                     fix="pass one of the names listed",
                 )
@@ -861,8 +866,8 @@ def _open_zarr_node(
         return _open_zarr_array(
             arr, source, axes, fmt="ome-zarr", meta=meta, level=lvl, reopen=reopen
         )
-    arrays = sorted(node.array_keys())
-    groups = sorted(node.group_keys())
+    arrays = _visible(node.array_keys())
+    groups = _visible(node.group_keys())
     if len(arrays) == 1:
         return _open_zarr_node(
             node[arrays[0]],

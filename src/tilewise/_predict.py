@@ -14,6 +14,7 @@ different machines with the same result.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -287,6 +288,12 @@ class _Progress:
                 f"\r{self.label} [{bar}] {self.done}/{self.total} windows "
                 f"{rate:6.1f}/s ETA {int(eta) // 60}:{int(eta) % 60:02d}"
             )
+            sys.stderr.flush()
+
+    def note(self, text: str) -> None:
+        """A line of its own above the bar."""
+        if self.enabled:
+            sys.stderr.write(f"\r{text}\n")
             sys.stderr.flush()
 
     def close(self) -> None:
@@ -773,7 +780,13 @@ def predict(
         and several times faster than zarr's default zstd on network outputs), ``None``, or zarr
         v3 compressor(s). Chunks that come out all zero are not stored (they read as zero).
     overwrite
-        Start an existing output afresh instead of resuming it.
+        Start an existing output afresh instead of resuming it. A resume must use the same
+        input, model and settings (they are recorded in ``<out>/.tilewise/run.json``), except
+        ``batch_size``, ``device`` and the cluster, which may change (a smaller batch after an
+        out-of-memory error, say); with the same batch size the result is bit-identical to an
+        uninterrupted run, with another it differs only by float rounding where windows
+        overlap. An existing output that no tilewise run recorded is never overwritten
+        without ``overwrite=True``.
     client, cluster, workers
         Run the blocks as tasks on a ``distributed.Client`` (``client=``), or on a
         ``LocalCluster`` of ``workers`` processes started for this call (``cluster="local"``).
@@ -1190,6 +1203,13 @@ class _Job:
 def _open_outputs(job: _Job) -> dict[str | None, Any]:
     from tilewise._io import create_zarr  # zarr is an optional extra
 
+    heads = [name for name, target, *_ in job.outputs if target != job.out]
+    if heads:  # several heads: a zarr group holding one array (or OME-Zarr image) per head
+        import zarr
+
+        root = zarr.open_group(job.out, mode="a", zarr_format=3)
+        if "tilewise" not in root.attrs:
+            root.attrs["tilewise"] = {"heads": [str(h) for h in heads]}
     return {
         name: create_zarr(
             target,
@@ -1310,8 +1330,9 @@ def _to_zarr(
         "block": list(block),
         "heads": [h.name for h in lay.heads],
         "tta": [list(a) for a in runner.tta],
-        "batch_size": runner.batch_size,
         "shape": list(runner.shape),
+        "dtype": str(getattr(src, "dtype", "")),
+        "source": _source_digest(src),
     }
     check_writable(job.out)
     _refuse_same_store(job.out, src)
@@ -1323,7 +1344,7 @@ def _to_zarr(
             str(stored_dtype(job.out_dtype, h.channels)),
             (1, stored_channels(job.out_dtype, h.channels), *ch),
             _scaled_info(info, h.scale),
-            use_ome and not lay.multi,
+            use_ome,
         )
         for h in lay.heads
     )
@@ -1381,16 +1402,47 @@ def _digest(obj: Any) -> str:
 
 
 def _model_digest(model: Any) -> str:
-    """A fingerprint of a model's weights (or its name), so a resume runs the same network."""
-    state = getattr(model, "state_dict", None)
-    if callable(state):
-        h = hashlib.sha1(usedforsecurity=False)
-        for k, v in state().items():
+    """A fingerprint of a model, so that a resume runs the same network: its type, its
+    architecture (a module's repr), its weights, and for plain functions their code and the
+    modules they close over."""
+    h = hashlib.sha1(usedforsecurity=False)
+    _feed_model(h, model, depth=0)
+    return h.hexdigest()[:16]
+
+
+def _feed_model(h: Any, model: Any, depth: int) -> None:
+    h.update(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+    if isinstance(model, torch.nn.Module):
+        h.update(repr(model).encode())
+        for k, v in model.state_dict().items():
             h.update(k.encode())
             if isinstance(v, torch.Tensor):
                 h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:16]
-    return getattr(model, "__qualname__", type(model).__qualname__)
+        return
+    code = getattr(model, "__code__", None)
+    if code is not None:
+        h.update(code.co_code)
+        h.update(repr(code.co_consts).encode())
+    for cell in getattr(model, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            value = cell.cell_contents
+            if depth < 3 and (isinstance(value, torch.nn.Module) or callable(value)):
+                _feed_model(h, value, depth + 1)
+            elif isinstance(value, int | float | str | bool):
+                h.update(repr(value).encode())
+
+
+def _source_digest(src: Any) -> str:
+    """Where the input comes from (a fingerprint: paths and URLs are not stored as such)."""
+    info = _info_of(src)
+    where = getattr(info, "source", None) if info is not None else None
+    if not where and hasattr(src, "store_path"):
+        where = str(src.store_path)
+    if not where:
+        return "in memory"
+    if not is_url(str(where)):
+        where = os.path.realpath(str(where).removeprefix("file://"))
+    return _digest(where)
 
 
 def _info_of(src: Any) -> Any:
@@ -1486,18 +1538,26 @@ class MemoryPlan:
     device_bytes: int
     host_bytes: int
     suggested_batch_size: int | None
+    result_bytes: int = 0
+    budget_bytes: int | None = None
 
     def __str__(self) -> str:
         mib = 1 << 20
-        sug = (
-            ""
-            if self.suggested_batch_size is None
-            else f", suggested batch size {self.suggested_batch_size}"
-        )
+        if self.suggested_batch_size is None:
+            sug = ""
+        elif self.suggested_batch_size == 0:
+            sug = (
+                f"; one window alone needs ~{self.device_bytes / self.batch_size / mib:.0f} "
+                f"MiB, over the budget of {(self.budget_bytes or 0) / mib:.0f} MiB: use a "
+                "smaller window"
+            )
+        else:
+            sug = f", suggested batch size {self.suggested_batch_size}"
         return (
-            f"{self.windows} windows ({self.windows_run} runs, rows of blocks); batch "
-            f"{self.batch_size}: device ~{self.device_bytes / mib:.0f} MiB, host "
-            f"~{self.host_bytes / mib:.0f} MiB{sug}"
+            f"{self.windows} windows ({self.windows_run} runs); batch {self.batch_size}: "
+            f"device ~{self.device_bytes / mib:.0f} MiB (+ ~{self.result_bytes / mib:.0f} MiB "
+            f"of results kept on a GPU that has 4x that), host ~{self.host_bytes / mib:.0f} "
+            f"MiB{sug}"
         )
 
 
@@ -1519,11 +1579,14 @@ def plan(
     """Estimate peak host and device memory of :func:`predict` and suggest a batch size.
 
     Device: the input batch, the model's activations (``activation_bytes_per_voxel`` per
-    window voxel per window, from your network; 0 if unknown) and its float32 outputs. Host: the
+    window voxel per window, from your network; 0 if unknown; the model's weights are not
+    counted) and its float32 outputs. ``result_bytes``: the float32 accumulators, the whole
+    result in memory or a row's open blocks when writing zarr, which :func:`predict` keeps on a
+    CUDA device when they take under a quarter of its memory (else in host memory). Host: the
     two (pinned) input batch buffers, and the stitched result: the whole array in memory, or,
     when writing to zarr, the accumulators of the blocks a row's windows reach at once and the
-    input regions they are read from. ``budget_bytes`` (device) gives the largest batch that
-    fits.
+    input regions they are read from. ``budget_bytes`` (device memory for the batches) gives
+    the largest batch that fits: 0 when not even one window does.
 
     >>> t = Tiling((236, 720, 510), window=128, step=108)
     >>> p = plan(t, out_channels=2, batch_size=2)
@@ -1556,23 +1619,47 @@ def plan(
         row_list = rows(blocks(n, tiling.shape, block, ch))
         runs = sum(_row_plan(tiling, bl, batch_size, r).windows([True] * len(r)) for r in row_list)
         size = [min(b, s) for b, s in zip(block, tiling.shape, strict=True)]
-        w0, s0 = tiling.window[0], tiling.step[0]
+        w0 = tiling.window[0]
         # accumulators of the blocks a window reaches, plus one waiting and one being written
         opened = min(math.ceil(tiling.shape[0] / size[0]), math.ceil(w0 / size[0]) + 1) + 2
         accum = opened * math.prod(size) * 4 * out_channels
-        # input regions (one in use, the next being read): a row of windows and a step deep
-        reach = [min(s, b + w) for s, b, w in zip(tiling.shape, size, tiling.window, strict=True)]
-        region = min(tiling.shape[0], w0 + s0) * math.prod(reach[1:]) * channels * 4
+        # input regions (one in use, the next being read): up to two rows of windows on every
+        # axis but the last, and the row's reach on the last
+        deep = [
+            min(s, w + st)
+            for s, w, st in zip(tiling.shape, tiling.window, tiling.step, strict=True)
+        ]
+        reach = min(tiling.shape[-1], size[-1] + tiling.window[-1])
+        region = math.prod(deep[:-1]) * reach * channels * 4
         host = accum + 2 * region + batch_host
+        result = (opened - 2) * math.prod(size) * 4 * out_channels
     else:
         runs = n * len(tiling)
         weight_plan(tiling, bl)
         # the stitched result, plus the image read whole and its float32 copy
-        host = n * math.prod(tiling.shape) * (4 * out_channels) + batch_host
-        host += math.prod(tiling.shape) * channels * (itemsize + 4)
+        result = n * math.prod(tiling.shape) * (4 * out_channels)
+        host = result + batch_host + math.prod(tiling.shape) * channels * (itemsize + 4)
     suggestion = None
     if budget_bytes is not None:
-        suggestion = max(0, int(budget_bytes // max(per_window_dev, 1)))
+        if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int | np.integer):
+            raise ParameterTypeError(
+                message(
+                    "budget_bytes",
+                    expected="an int (bytes of device memory for the batches)",
+                    received=repr(budget_bytes),
+                    fix="e.g. budget_bytes=8 * 2**30 for 8 GiB",
+                )
+            )
+        if budget_bytes <= 0:
+            raise ParameterError(
+                message(
+                    "budget_bytes",
+                    expected="a positive number of bytes",
+                    received=repr(budget_bytes),
+                    fix="e.g. budget_bytes=8 * 2**30 for 8 GiB",
+                )
+            )
+        suggestion = int(budget_bytes // max(per_window_dev, 1))
     return MemoryPlan(
         windows=n * len(tiling),
         windows_run=runs,
@@ -1580,4 +1667,6 @@ def plan(
         device_bytes=device_bytes,
         host_bytes=int(host),
         suggested_batch_size=suggestion,
+        result_bytes=int(result),
+        budget_bytes=None if budget_bytes is None else int(budget_bytes),
     )

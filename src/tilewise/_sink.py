@@ -141,6 +141,16 @@ def convert_block(acc: torch.Tensor, out_dtype: str, threshold: float) -> np.nda
     elif out_dtype == "threshold":
         res = (acc > threshold).to(torch.uint8)
     else:  # uint8: probabilities in [0, 1] quantised to 0..255
+        lo, hi = (float(v) for v in torch.aminmax(acc)) if acc.numel() else (0.0, 0.0)
+        if lo < -1e-3 or hi > 1 + 1e-3:  # beyond float rounding: not probabilities
+            raise ParameterError(
+                message(
+                    "out_dtype",
+                    expected="probabilities in [0, 1] for out_dtype='uint8' (quantised to 0..255)",
+                    received=f"model outputs from {lo:.4g} to {hi:.4g}",
+                    fix="end the model with a softmax or sigmoid, or store out_dtype='float16'",
+                )
+            )
         res = (acc.clamp(0, 1) * 255).round().to(torch.uint8)
     arr = res.cpu().numpy()
     return arr.astype(np.uint16) if arr.dtype == np.int32 else arr
@@ -300,18 +310,37 @@ class Journal:
         self.done_dir = self.files.path(".tilewise", "done")
         self.settings = json.loads(json.dumps(settings, default=str))
         self._locked = False
+        self._fd: int | None = None
 
     def open(self, *, fresh: bool = False) -> None:
         """Take the lock, then check (or record) the run's settings.
 
         ``fresh=True`` (``overwrite``) empties the output, under the lock, before recording.
+        Without it, an existing output that no run recorded (not written by tilewise, or by
+        something else) is refused: nothing there is overwritten by accident.
         """
+        run = self.files.path(".tilewise", "run.json")
+        if not fresh and not self.files.exists(run):
+            found = sorted(self.files.names(self.files.base) - {".tilewise"})
+            if found or (not self.files.remote and os.path.isfile(self.files.base)):
+                shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+                raise ParameterError(
+                    message(
+                        "out",
+                        expected="a new output, or one a tilewise run started (to resume it)",
+                        received=f"{self.files.base!r}, which holds data no tilewise run "
+                        f"recorded ({shown or 'a file'})",
+                        fix="pass overwrite=True to replace it, or write to a new path",
+                    )
+                )
         self.files.makedirs(self.done_dir)
         self._lock()
-        run = self.files.path(".tilewise", "run.json")
         if fresh:
             self.files.clear(keep=self.files.path(".tilewise", "lock"))
             self.files.makedirs(self.done_dir)
+        marker = self.files.path(".tilewise", "zarr.json")
+        if not self.files.exists(marker):  # a zarr group, so that listing the output's members
+            self.files.write(marker, _JOURNAL_NODE)  # finds a node here, not stray files
         if self.files.exists(run):
             old = json.loads(self.files.read(run))
             if old != self.settings:
@@ -332,10 +361,66 @@ class Journal:
             self.files.write(run, json.dumps(self.settings, sort_keys=True, indent=1))
 
     def _lock(self) -> None:
+        if self.files.remote:
+            self._lock_by_record()
+        else:
+            self._lock_local()
+
+    def _refuse(self, other: dict[str, Any], lock: str) -> ConcurrentWriterError:
+        return ConcurrentWriterError(
+            message(
+                "out",
+                expected="no other process writing this output",
+                received=f"process {other.get('pid')} on {other.get('host')} holds {lock}",
+                fix="wait for it to finish (or stop it); if it is gone, delete the lock file",
+            )
+        )
+
+    def _lock_local(self) -> None:
+        """An exclusive ``flock`` on the lock file, held until :meth:`close`: the kernel drops
+        it when its process dies (kill -9 included), so a dead writer's lock is never stale."""
+        import fcntl  # POSIX only; imported here so the module still imports elsewhere
+
         lock = self.files.path(".tilewise", "lock")
-        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
         for _ in range(5):
-            if self.files.create(lock, me):
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = _record(os.pread(fd, 4096, 0))
+                os.close(fd)
+                raise self._refuse(other, lock) from None
+            try:  # the file may have been replaced between open and flock: lock the live one
+                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            other = _record(os.pread(fd, 4096, 0))
+            if other.get("host") not in (None, socket.gethostname()):
+                os.close(fd)  # a writer on another host sharing this file system: cannot tell
+                raise self._refuse(other, lock)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _me().encode(), 0)
+            self._fd = fd
+            self._locked = True
+            return
+        raise ConcurrentWriterError(
+            message(
+                "out",
+                expected="to take the writer lock",
+                received=f"{lock} kept being replaced: several writers are starting at once",
+                fix="run one writer per output",
+            )
+        )
+
+    def _lock_by_record(self) -> None:
+        """A lock object on a remote store (no kernel locks there): created only if absent,
+        naming its writer; a recorded writer that is gone is taken over."""
+        lock = self.files.path(".tilewise", "lock")
+        for _ in range(5):
+            if self.files.create(lock, _me()):
                 self._locked = True
                 return
             try:
@@ -349,15 +434,7 @@ class Journal:
                 except (OSError, ValueError):
                     other = {}
             if _alive(other):
-                raise ConcurrentWriterError(
-                    message(
-                        "out",
-                        expected="no other process writing this output",
-                        received=f"process {other.get('pid')} on {other.get('host')} holds {lock}",
-                        fix="wait for it to finish (or stop it); if it is gone, delete the "
-                        "lock file",
-                    )
-                )
+                raise self._refuse(other, lock)
             self.files.remove(lock)  # stale: its writer died (e.g. kill -9)
         raise ConcurrentWriterError(
             message(
@@ -372,6 +449,9 @@ class Journal:
         """Release the lock."""
         if self._locked:
             self.files.remove(self.files.path(".tilewise", "lock"))
+            if self._fd is not None:
+                os.close(self._fd)  # unlinked first: a waiting writer locks a fresh file
+                self._fd = None
             self._locked = False
 
     def done(self) -> set[str]:
@@ -391,6 +471,24 @@ class Journal:
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self.done()))
+
+
+_JOURNAL_NODE = json.dumps(
+    {"zarr_format": 3, "node_type": "group", "attributes": {"tilewise": "journal of a run"}}
+)
+
+
+def _me() -> str:
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
+
+
+def _record(raw: bytes) -> dict[str, Any]:
+    """The writer named in a lock file (empty if unreadable)."""
+    try:
+        info = json.loads(raw.decode() or "{}")
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _alive(info: dict[str, Any]) -> bool:
