@@ -519,9 +519,14 @@ def _grey(ax: Axes, img: np.ndarray) -> None:
 
 
 def _label_mask(lab: np.ndarray, ignore: Any) -> np.ndarray:
+    """Annotated voxels: not ``ignore`` (None: -1 for integer labels, NaN for float labels),
+    and never NaN."""
+    floating = np.issubdtype(lab.dtype, np.floating)
+    if ignore is None:
+        ignore = np.nan if floating else -1
     nan = isinstance(ignore, float) and np.isnan(ignore)
     mask: np.ndarray = ~np.isnan(lab) if nan else lab != ignore
-    return mask
+    return mask & ~np.isnan(lab) if floating and not nan else mask
 
 
 def _draw_labels(ax: Axes, lab: np.ndarray, ignore: Any) -> list[Any]:
@@ -1309,7 +1314,7 @@ def kept(
     axis: int | Sequence[int] | None = None,
     index: int | Sequence[int] | None = None,
     sample: int = 0,
-    ignore: Any = -1,
+    ignore: Any = None,
     border: int | Sequence[int] | None = None,
     ax: Axes | None = None,
     path: PathLike | None = None,
@@ -1335,7 +1340,7 @@ def kept(
     sample
         Which of the ``N`` arrays to show.
     ignore
-        The "not annotated" label value (NaN for float labels).
+        The "not annotated" label value (default: -1 for integer labels, NaN for float ones).
     border
         Outline the cores of kept windows with this border (default: the border cleaning
         used, from a CleanResult).
@@ -1458,7 +1463,7 @@ def overlay(
     index: int | Sequence[int] | None = None,
     channel: int = 1,
     sample: int = 0,
-    ignore: Any = -1,
+    ignore: Any = None,
     ax: Axes | None = None,
     path: PathLike | None = None,
 ) -> Figure:
@@ -1492,7 +1497,7 @@ def overlay(
     sample
         Which of the ``N`` arrays to show.
     ignore
-        The "not annotated" label value.
+        The "not annotated" label value (default: -1 for integer labels, NaN for float ones).
     ax, path
         Draw into this Axes; save the figure here.
 
