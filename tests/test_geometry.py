@@ -65,6 +65,27 @@ def test_window_records_match_vectorised_starts(t):
         assert w.touches_high == tuple(b == s for b, s in zip(w.stop, t.shape, strict=True))
 
 
+@given(tilings(pad=True))
+def test_padded_axes_get_one_centred_window(t):
+    """Axes shorter than the window get one window, centred, whose valid part is the axis."""
+    for (before, after), size, w, starts in zip(
+        t.padding, t.shape, t.window, t.axis_starts, strict=True
+    ):
+        if size < w:
+            assert starts.tolist() == [-before]
+            assert before + size + after == w
+            assert after - before in (0, 1)
+        else:
+            assert (before, after) == (0, 0)
+            assert starts[0] == 0
+            assert starts[-1] == size - w
+    for w in t[:: max(1, len(t) // 5)]:
+        assert all(
+            v.stop - v.start == s.stop - s.start for v, s in zip(w.valid, w.slices, strict=True)
+        )
+        assert all(0 <= s.start < s.stop <= n for s, n in zip(w.slices, t.shape, strict=True))
+
+
 def test_window_order_is_c_order_last_axis_fastest():
     t = tw.Tiling((6, 6), window=4, step=2)
     assert [w.grid for w in t] == [(0, 0), (0, 1), (1, 0), (1, 1)]

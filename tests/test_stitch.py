@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
 import tilewise as tw
 from strategies import blends, tilings
+
+MESSAGE = re.compile(r"\S[^:]*: expected .+, received .+\. Fix: .+\.", re.DOTALL)
+
+
+def assert_explains(error: BaseException) -> None:
+    """The project's one message format: what, then expected, received and a fix, each given."""
+    assert MESSAGE.fullmatch(str(error)), str(error)
 
 
 def naive_stitch(patches: torch.Tensor, t: tw.Tiling, blend: tw.blend.Blend, n: int):
@@ -37,27 +45,29 @@ def naive_extract(x: torch.Tensor, t: tw.Tiling) -> torch.Tensor:
 
 
 @settings(max_examples=60)
-@given(t=tilings(), data=st.data())
+@given(t=tilings(pad=True), data=st.data())
 def test_round_trip_is_identity_for_every_blend(t, data):
-    blend = data.draw(blends(t.window))
+    """extract -> identity -> stitch gives the input back: every blend (border weight 0,
+    custom 1-D per axis and N-D included), with and without virtual padding."""
+    blend = data.draw(blends(t))
     n = data.draw(st.integers(1, 2))
     x = torch.rand(n, 2, *t.shape, dtype=torch.float64)
     y = tw.stitch(tw.extract(x, t), t, blend=blend)
     torch.testing.assert_close(y, x, rtol=1e-12, atol=1e-12)
 
 
-@given(t=tilings(), data=st.data())
+@given(t=tilings(pad=True), data=st.data())
 def test_partition_of_unity(t, data):
     """The normalised weights of all windows sum to 1 at every voxel."""
-    blend = data.draw(blends(t.window))
+    blend = data.draw(blends(t))
     ones = torch.ones(len(t), 1, *t.window, dtype=torch.float64)
     total = tw.stitch(ones, t, blend=blend)
     torch.testing.assert_close(total, torch.ones_like(total), rtol=1e-12, atol=1e-12)
 
 
-@given(t=tilings(max_axes=3), data=st.data())
+@given(t=tilings(max_axes=3, pad=True), data=st.data())
 def test_matches_naive_reference_on_random_outputs(t, data):
-    blend = data.draw(blends(t.window))
+    blend = data.draw(blends(t))
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
     patches = torch.rand(len(t), 2, *t.window, generator=g, dtype=torch.float64)
     ours = tw.stitch(patches, t, blend=blend)
@@ -76,7 +86,7 @@ def test_extract_matches_naive_slicing(t):
 
 @given(t=tilings(max_axes=3), data=st.data())
 def test_batches_in_any_order_and_grouping_give_the_same_result(t, data):
-    blend = data.draw(blends(t.window))
+    blend = data.draw(blends(t))
     n = 2
     total = n * len(t)
     patches = torch.rand(total, 1, *t.window, dtype=torch.float64)
@@ -102,6 +112,29 @@ def test_extract_batches_cover_all_windows_in_order(t, batch):
             assert torch.equal(b, every[idx.start : idx.stop])
             seen.extend(idx)
         assert seen == list(range(len(every)))
+
+
+@pytest.mark.parametrize(
+    "wanted",
+    [
+        lambda b: b == tw.blend.border((1, 1), weight=0.0),
+        lambda b: isinstance(getattr(b, "width", None), tuple),
+        lambda b: repr(b).startswith("blend.custom(<weights [") and b.separable,  # per axis
+        lambda b: repr(b).startswith("blend.custom") and not b.separable,  # N-D
+    ],
+)
+def test_blend_strategy_reaches_every_kind(wanted):
+    """The properties above see border weight 0, per-axis widths and custom blends."""
+    find(blends(T2D), wanted, settings=settings(max_examples=2000, database=None))
+
+
+def test_tiling_strategy_reaches_virtual_padding():
+    t = find(
+        tilings(pad=True),
+        lambda t: any(a or b for a, b in t.padding),
+        settings=settings(database=None),
+    )
+    assert t.pad in ("reflect", "constant", "replicate")
 
 
 # -- tiny hand-computed outputs, one per blend ------------------------------------------------
@@ -257,10 +290,56 @@ def test_channels_may_change_and_out_is_used():
     torch.testing.assert_close(y, x.expand(1, 3, 16, 16))
 
 
-def test_result_on_another_device_via_meta_free_cpu_path():
+def test_explicit_cpu_device_with_cpu_outputs():
+    """``device="cpu"`` with CPU outputs: only the explicit-device path, on any machine.
+
+    Stitching GPU outputs into host memory is test_cuda_outputs_stitched_into_host_memory,
+    skipped where torch sees no CUDA device.
+    """
     t = tw.Tiling((16,), window=8, step=4)
-    y = tw.stitch(torch.ones(len(t), 1, 8), t, device="cpu")
+    x = torch.rand(1, 1, 16)
+    y = tw.stitch(tw.extract(x, t), t, device="cpu")
     assert y.device.type == "cpu"
+    torch.testing.assert_close(y, x)
+
+
+def test_stitch_into_a_numpy_out_buffer():
+    """numpy in gives numpy out, and like extract, stitch fills a numpy ``out=`` in place."""
+    t = tw.Tiling((16, 16), window=8, step=4)
+    x = np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32)
+    buf = np.full((2, 3, 16, 16), 7.0, np.float32)
+    assert tw.stitch(tw.extract(x, t), t, blend=tw.blend.hann(), out=buf) is buf
+    np.testing.assert_allclose(buf, x, rtol=1e-6)
+    buf64 = np.full((2, 3, 16, 16), 7.0)  # torch outputs, float64 buffer, copy (partition) path
+    patches = torch.from_numpy(tw.extract(x, t))
+    assert tw.stitch(patches, t, blend=tw.blend.border(2, weight=0.0), out=buf64) is buf64
+    np.testing.assert_allclose(buf64, x, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("out", "error", "match"),
+    [
+        (np.zeros((1, 1, 16), np.float16), tw.ShapeMismatchError, "dtype float32 or float64"),
+        (np.zeros((1, 1, 15), np.float32), tw.ShapeMismatchError, r"shape \(N, C, 16\)"),
+        (np.zeros((1, 1, 16), np.float32)[..., ::-1], tw.ParameterError, "positive strides"),
+        (np.zeros((1, 1, 16), ">f4"), tw.ParameterError, "native-byte-order"),
+        ([[[0.0] * 16]], tw.ParameterTypeError, "torch.Tensor"),
+    ],
+)
+def test_stitch_refuses_unusable_out_buffers(out, error, match):
+    t = tw.Tiling((16,), window=8, step=4)
+    with pytest.raises(error, match=match) as info:
+        tw.stitch(np.ones((len(t), 1, 8), np.float32), t, out=out)
+    assert_explains(info.value)
+
+
+def test_stitch_refuses_a_read_only_numpy_out():
+    t = tw.Tiling((16,), window=8, step=4)
+    ro = np.zeros((1, 1, 16), np.float32)
+    ro.setflags(write=False)
+    with pytest.raises(tw.ParameterError, match="writable") as info:
+        tw.stitch(np.ones((len(t), 1, 8), np.float32), t, out=ro)
+    assert_explains(info.value)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -270,6 +349,19 @@ def test_cuda_outputs_stitched_into_host_memory():
     y = tw.stitch(tw.extract(x, t), t, blend=tw.blend.gaussian(), device="cpu")
     assert y.device.type == "cpu"
     torch.testing.assert_close(y, x.cpu())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_outputs_named_when_non_finite_and_stitched_into_numpy():
+    t = tw.Tiling((12, 12), window=6, step=3)
+    patches = torch.ones(len(t), 1, 6, 6, device="cuda")
+    buf = np.zeros((1, 1, 12, 12), np.float32)
+    assert tw.stitch(patches, t, out=buf) is buf
+    np.testing.assert_array_equal(buf, 1.0)
+    patches[4, 0, 3, 3] = float("nan")
+    for device in (None, "cpu"):
+        with pytest.raises(tw.NonFiniteError, match=r"from window 4 \(start \(3, 3\)\) = nan\."):
+            tw.stitch(patches, t, device=device)
 
 
 def test_large_output_uses_zeroed_huge_page_buffer():
@@ -288,8 +380,26 @@ def test_stitch_refuses_gaps():
 
 def test_stitch_refuses_zero_total_weight():
     t = tw.Tiling((40,), window=10, step=9)  # core is 10 - 2*2 = 6 < step 9
-    with pytest.raises(tw.CoverageError, match=r"zero total weight.*step <= window - 2\*border"):
+    with pytest.raises(
+        tw.CoverageError, match=r"zero total weight.*step <= window - 2\*border"
+    ) as info:
         tw.stitch(torch.ones(len(t), 1, 10), t, blend=tw.blend.border(2, weight=0.0))
+    assert_explains(info.value)
+    # starts 0, 9, 18, 27, 30: the bands meet at 8..10, 17..19 and 26..28, three separate gaps
+    assert "voxels 8..10 on axis 0 zero total weight" in str(info.value)
+    assert "(the first of 3 separate gaps, 9 voxels in all)" in str(info.value)
+
+
+def test_zero_total_weight_single_gap_and_single_voxel():
+    border = tw.blend.border(2, weight=0.0)
+    t = tw.Tiling((19,), window=10, step=9)  # starts 0, 9: one gap, 8..10
+    with pytest.raises(tw.CoverageError, match=r"gives voxels 8\.\.10 on axis 0 zero") as info:
+        tw.Stitcher(t, blend=border)
+    assert "separate gaps" not in str(info.value)
+    t = tw.Tiling((2, 40), window=(2, 10), step=(1, 7))  # bands meet at single voxels
+    with pytest.raises(tw.CoverageError, match=r"gives voxel 8 on axis 1 zero.*first of 4") as info:
+        tw.Stitcher(t, blend=tw.blend.border((0, 2), weight=0.0))
+    assert_explains(info.value)
 
 
 def test_border_wider_than_half_a_window():
@@ -336,22 +446,118 @@ def test_wrong_window_count_and_shapes():
         tw.extract(torch.ones(1, 1, 20), t, out=torch.empty(2, 1, 8))
 
 
+T12 = tw.Tiling((12, 12), window=6, step=3)  # windows 4, 5, 7 and 8 all contain voxel (6, 6)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_outputs_name_the_window(bad):
-    t = tw.Tiling((12, 12), window=6, step=3)
-    patches = torch.ones(len(t), 1, 6, 6)
+    patches = torch.ones(len(T12), 1, 6, 6)
     patches[4, 0, 3, 3] = bad  # window 4 = grid (1, 1), start (3, 3): voxel (6, 6)
-    with pytest.raises(tw.NonFiniteError, match=r"voxel=\(6, 6\).*window\(s\) \[.*4.*\]") as info:
-        tw.stitch(patches, t)
+    with pytest.raises(tw.NonFiniteError) as info:
+        tw.stitch(patches, T12)
     assert isinstance(info.value, FloatingPointError)
+    assert_explains(info.value)
+    text = str(info.value)
+    assert "at (n=0, c=0, voxel=(6, 6))" in text
+    assert f"which comes from window 4 (start (3, 3)) = {bad}." in text
+    assert "candidate" not in text  # tw.stitch has every output: it names the culprit only
+    assert not re.search(r"window [578]\b", text)  # they contain the voxel but are finite
 
 
-def test_values_under_zero_weight_are_never_read():
+def test_stitch_names_every_culprit_in_any_image():
+    patches = np.ones((2 * len(T12), 1, 6, 6), np.float32)
+    patches[9 + 4, 0, 3, 3] = np.nan  # image 1, window 4: voxel (6, 6)
+    patches[9 + 8, 0, 0, 0] = np.inf  # image 1, window 8 (start (6, 6)): the same voxel
+    with pytest.raises(tw.NonFiniteError) as info:
+        tw.stitch(patches, T12)
+    text = str(info.value)
+    assert "at (n=1, c=0, voxel=(6, 6))" in text
+    assert "from window 13 (start (3, 3)) = nan, window 17 (start (6, 6)) = inf." in text
+
+
+def test_outputs_too_large_for_the_result_dtype_are_named():
+    t = tw.Tiling((20,), window=8, step=4)
+    patches = torch.ones(len(t), 1, 8, dtype=torch.float64)
+    patches[2, 0, 1] = 1e300  # voxel 9, also in window 1
+    with pytest.raises(tw.NonFiniteError) as info:
+        tw.stitch(patches, t, dtype=torch.float32)
+    assert "from window 2 (start (8,)) = 1e+300 (too large for torch.float32)." in str(info.value)
+    assert "window 1 " not in str(info.value)
+
+
+def test_overflow_of_finite_outputs_is_explained():
+    """Finite outputs whose weighted sum is not finite: no window is to blame."""
+    s = tw.Stitcher(T12)
+    patches = torch.ones(len(T12), 1, 6, 6)
+    s.add(patches, range(len(T12)))
+    out = s.result().clone()
+    out[0, 0, 6, 6] = float("inf")  # as if the sum had overflowed
+    with pytest.raises(tw.NonFiniteError, match="are finite: their weighted sum overflowed") as i:
+        s._check_finite(out, patches)
+    assert "dtype=torch.float64" in str(i.value)
+
+
+def test_stitcher_lists_candidate_windows_as_candidates():
+    """A Stitcher keeps only sums: it lists the windows that contribute, as candidates."""
+    patches = torch.ones(len(T12), 1, 6, 6)
+    patches[4, 0, 3, 3] = float("nan")
+    s = tw.Stitcher(T12)
+    s.add(patches, range(len(T12)))
+    with pytest.raises(tw.NonFiniteError) as info:
+        s.result()
+    assert_explains(info.value)
+    text = str(info.value)
+    assert "voxel=(6, 6)" in text
+    assert "candidate windows" in text
+    expected = "window 4 (start (3, 3)), window 5 (start (3, 6)), window 7 (start (6, 3)), "
+    assert expected + "window 8 (start (6, 6))." in text
+    # with a zero-weight border only window 4 contributes to voxel (6, 6): the others are not
+    # listed (their value there is never read)
+    s = tw.Stitcher(T12, blend=tw.blend.border(1, weight=0.0))
+    s.add(patches, range(len(T12)))
+    with pytest.raises(tw.NonFiniteError, match=r"non-finite\): window 4 \(start \(3, 3\)\)\."):
+        s.result()
+
+
+def test_non_finite_in_a_region_is_reported_in_array_coordinates():
+    patches = torch.ones(len(T12), 1, 6, 6)
+    patches[4, 0, 3, 3] = float("nan")
+    s = tw.Stitcher(T12, region=[(5, 9), (5, 9)])
+    s.add(patches, range(len(T12)))
+    with pytest.raises(tw.NonFiniteError, match=r"voxel=\(6, 6\).*window 4 \(start \(3, 3\)\)"):
+        s.result()
+
+
+@pytest.mark.parametrize(
+    ("tiling", "blend", "where"),
+    [
+        # window 1 (start 4): its first voxel is in a zero-weight border band
+        (tw.Tiling((12,), window=6, step=4), tw.blend.border(1, weight=0.0), (1, 0, 0)),
+        # the array is 3 voxels, the window 6: padding (1, 2), local voxel 0 is padding
+        (tw.Tiling((3,), window=6, step=6, pad="reflect"), tw.blend.uniform(), (0, 0, 0)),
+        # window 1 (start 3) is interior: the custom profile's zero end is never read
+        (
+            tw.Tiling((12,), window=6, step=3),
+            tw.blend.custom([0.0, 1.0, 1.0, 1.0, 1.0, 0.0]),
+            (1, 0, 5),
+        ),
+    ],
+)
+def test_values_under_zero_weight_are_never_read(tiling, blend, where):
+    """Documented: NaN/Inf where a window's weight is zero at its ends cannot reach the
+    result, so it is neither propagated nor reported."""
+    patches = torch.ones(len(tiling), 1, *tiling.window)
+    patches[where] = float("nan")
+    y = tw.stitch(patches, tiling, blend=blend)
+    assert torch.equal(y, torch.ones(1, 1, *tiling.shape))
+
+
+def test_nan_under_a_positive_border_weight_is_reported():
     t = tw.Tiling((12,), window=6, step=4)
     patches = torch.ones(len(t), 1, 6)
-    patches[1, 0, 0] = float("nan")  # in window 1's zero-weight border band
-    y = tw.stitch(patches, t, blend=tw.blend.border(1, weight=0.0))
-    assert torch.equal(y, torch.ones(1, 1, 12))
+    patches[1, 0, 0] = float("nan")
+    with pytest.raises(tw.NonFiniteError, match=r"from window 1 \(start \(4,\)\) = nan"):
+        tw.stitch(patches, t, blend=tw.blend.border(1, weight=0.1))
 
 
 @pytest.mark.parametrize(
@@ -381,6 +587,11 @@ def test_values_under_zero_weight_are_never_read():
             "real-valued",
         ),
         (lambda t: tw.blend.border(-1), tw.ParameterError, "border width"),
+        (lambda t: tw.blend.border(2.5), tw.ParameterTypeError, "2.5 of type float"),
+        (lambda t: tw.blend.border((1, 2.0)), tw.ParameterTypeError, r"2.0 of type float in"),
+        (lambda t: tw.blend.border("2"), tw.ParameterTypeError, "whole number"),
+        (lambda t: tw.blend.border(()), tw.ParameterError, "empty sequence"),
+        (lambda t: tw.blend.ramp(1.5), tw.ParameterTypeError, "whole number"),
         (lambda t: tw.blend.border(2, weight=-0.5), tw.ParameterError, "weight >= 0"),
         (lambda t: tw.blend.border(2, weight="x"), tw.ParameterTypeError, "number"),
         (lambda t: tw.blend.gaussian(0), tw.ParameterError, "positive fraction"),
@@ -400,16 +611,36 @@ def test_error_paths(call, error, match):
     t = tw.Tiling((20,), window=8, step=4)
     with pytest.raises(error, match=match) as info:
         call(t)
-    assert "Fix:" in str(info.value)
+    assert_explains(info.value)
 
 
-def test_blends_are_hashable_values():
-    assert tw.blend.border(3, weight=0.0) == tw.blend.border(3, weight=0.0)
-    assert tw.blend.border(3, weight=0.0) != tw.blend.border(3, weight=0.1)
-    assert len({tw.blend.hann(), tw.blend.hann(), tw.blend.uniform()}) == 2
-    assert tw.blend.custom([1.0, 2.0]) == tw.blend.custom(np.array([1.0, 2.0]))
-    assert "border" in repr(tw.blend.border(3, weight=0.0))
-    assert "custom" in repr(tw.blend.custom([1.0, 2.0]))
+T2D = tw.Tiling((12, 12), window=6, step=3)
+
+
+@pytest.mark.parametrize(
+    ("blend", "error", "match"),
+    [
+        (tw.blend.border((1, 2, 3), 0.5), tw.ParameterError, r"2 values.*received 3 values"),
+        (tw.blend.border((1,), 0.0), tw.ParameterError, r"2 values.*received 1 values \(1,\)"),
+        (tw.blend.ramp((1, 1, 1)), tw.ParameterError, r"ramp width: expected a single int or 2"),
+        (tw.blend.custom([np.ones(6)] * 3), tw.ShapeMismatchError, r"weights of shape \(6, 6, 6\)"),
+        (tw.blend.custom(np.ones((6, 6, 6))), tw.ShapeMismatchError, "weights for window"),
+    ],
+)
+def test_per_axis_blend_parameters_must_match_the_tiled_axes(blend, error, match):
+    """Nothing is ignored: a per-axis value for an axis the tiling does not have is refused."""
+    with pytest.raises(error, match=match) as info:
+        tw.stitch(torch.ones(len(T2D), 1, 6, 6), T2D, blend=blend)
+    assert_explains(info.value)
+
+
+def test_per_axis_border_widths_apply_per_axis():
+    plan = tw.Stitcher(T2D, blend=tw.blend.border((0, 1), weight=0.0)).plan
+    w = plan.weight(tuple(int(ax.sig[1]) for ax in plan.axes))  # window (1, 1), start (3, 3)
+    # axis 1: band 1 of weight 0, cores of neighbours meet at local 1 and 4; axis 0: no band,
+    # every voxel of the window is in two windows
+    assert w[0].tolist() == [0, 0.25, 0.5, 0.5, 0.25, 0]
+    assert w[:, 2].tolist() == [0.5] * 6
 
 
 @pytest.mark.parametrize("ndim", [1, 2, 3, 4])
@@ -536,8 +767,9 @@ def test_pad_value_must_fit_integer_data():
     ],
 )
 def test_more_error_paths(call, error, match):
-    with pytest.raises(error, match=match):
+    with pytest.raises(error, match=match) as info:
         call()
+    assert_explains(info.value)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
@@ -551,9 +783,9 @@ def test_numpy_integer_counts_are_accepted():
     assert len(list(tw.extract_batches(torch.ones(1, 1, 20), T20, np.int64(3)))) == 2
 
 
-@given(t=tilings(max_axes=3), data=st.data())
+@given(t=tilings(max_axes=3, pad=True), data=st.data())
 def test_a_region_is_exactly_that_part_of_the_whole(t, data):
-    blend = data.draw(blends(t.window))
+    blend = data.draw(blends(t))
     region = []
     for s in t.shape:
         a = data.draw(st.integers(0, s - 1))

@@ -171,7 +171,8 @@ class Stitcher:
         Where the result lives (default: the device of the first batch). Window outputs on a
         GPU may be stitched into host memory and vice versa.
     out
-        A preallocated ``(N, C, *shape)`` float tensor to stitch into; it is overwritten.
+        A preallocated ``(N, C, *shape)`` float32/float64 tensor to stitch into; it is
+        overwritten. (:func:`stitch` also takes a writable numpy array.)
     region
         Stitch only this box of the array, ``((start, stop), ...)`` per tiled axis: the result
         has the region's shape, only the windows that touch it count (others are accepted and
@@ -229,7 +230,7 @@ class Stitcher:
             raise ParameterTypeError(
                 message(
                     "out",
-                    expected="a torch.Tensor",
+                    expected="a torch.Tensor (tw.stitch also takes a writable numpy array)",
                     received=type(out).__name__,
                     fix="allocate it with torch.empty((N, C, *shape))",
                 )
@@ -454,7 +455,17 @@ class Stitcher:
             view.addcmul_(src, wv)
 
     def result(self, *, check_finite: bool = True) -> torch.Tensor:
-        """The stitched ``(N, C, *shape)`` array; raises if a window is missing or non-finite."""
+        """The stitched ``(N, C, *shape)`` array; raises if a window is missing or non-finite.
+
+        The finite check is one reduction over the result. A zero-weight border band
+        (``border(b, weight=0)``), virtual padding and the zero ends of a custom 1-D profile are
+        never read, so NaN/Inf there cannot reach the result and is not reported; any other
+        NaN/Inf output does reach it (a zero weight inside a custom profile still multiplies,
+        and 0 * NaN is NaN) and raises :class:`~tilewise.NonFiniteError`. A Stitcher keeps only
+        the weighted sums, so the error names the first non-finite voxel and the *candidate*
+        windows that contribute to it; :func:`tilewise.stitch`, which holds every output,
+        names the window(s) whose output is NaN/Inf there.
+        """
         missing = self.missing
         if len(missing) or self._out is None:
             shown = ", ".join(str(int(i)) for i in missing[:5])
@@ -468,25 +479,84 @@ class Stitcher:
                 )
             )
         out = self._out
-        if check_finite and out.numel():
-            lo, hi = torch.aminmax(out)
-            if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
-                self._raise_non_finite(out)
+        if check_finite:
+            self._check_finite(out)
         return out
 
-    def _raise_non_finite(self, out: torch.Tensor) -> None:
-        bad = torch.nonzero(~torch.isfinite(out))[0].tolist()
-        n, c, voxel = bad[0], bad[1], tuple(bad[2:])
-        wins = [n * len(self.tiling) + i for i in self.tiling.windows_containing(voxel)]
-        value = out[tuple(bad)].item()
-        raise NonFiniteError(
-            message(
-                "window outputs",
-                expected="finite values",
-                received=f"{value} at (n={n}, c={c}, voxel={voxel}), which comes from window(s) "
-                f"{wins} ({len(self.tiling)} windows per image)",
-                fix="check the model on those windows (inputs, normalisation, AMP overflow)",
+    def _check_finite(self, out: torch.Tensor, patches: torch.Tensor | None = None) -> None:
+        """Raise NonFiniteError if ``out`` holds NaN/Inf: one reduction over the result."""
+        if out.numel():
+            lo, hi = torch.aminmax(out)
+            if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+                self._raise_non_finite(out, patches)
+
+    def _contributors(self, voxel: tuple[int, ...]) -> list[int]:
+        """Windows (per image) whose used, non-zero-weight part contains ``voxel``."""
+        found = []
+        for i in self.tiling.windows_containing(voxel):
+            grid = self.tiling.grid_index(i)
+            start = self.tiling[i].start
+            used = (
+                self.plan.support(ax, int(self.plan.axes[ax].sig[g])) for ax, g in enumerate(grid)
             )
+            if all(lo <= v - a < hi for (lo, hi), v, a in zip(used, voxel, start, strict=True)):
+                found.append(i)
+        return found
+
+    def _raise_non_finite(self, out: torch.Tensor, patches: torch.Tensor | None = None) -> None:
+        """Error path only: name the first non-finite voxel and where it comes from.
+
+        With ``patches`` (all window outputs, in window order) the culprits are found by
+        reading the candidate windows' outputs at that voxel; without, the candidates are
+        listed as such.
+        """
+        bad_mask = ~torch.isfinite(out)
+        count = int(bad_mask.sum())
+        bad = torch.nonzero(bad_mask)[0].tolist()
+        n, c = bad[0], bad[1]
+        voxel = tuple(v + a for v, (a, _) in zip(bad[2:], self.region, strict=True))
+        per_image = len(self.tiling)
+        where = (
+            f"{out[tuple(bad)].item()} at (n={n}, c={c}, voxel={voxel}) ({count} non-finite "
+            f"value{'s' if count > 1 else ''} in the result, {per_image} windows per image)"
+        )
+
+        def named(i: int, value: float | None = None) -> str:
+            got = "" if value is None else f" = {value}"
+            if value is not None and math.isfinite(value):
+                got += f" (too large for {out.dtype})"
+            return f"window {n * per_image + i} (start {self.tiling[i].start}){got}"
+
+        def listed(names: list[str], most: int = 8) -> str:
+            extra = f", ... ({len(names)} in all)" if len(names) > most else ""
+            return ", ".join(names[:most]) + extra
+
+        candidates = self._contributors(voxel)
+        fix = "check the model on those windows (inputs, normalisation, AMP overflow)"
+        if patches is None:
+            received = (
+                f"{where}; candidate windows (the ones that contribute to that voxel; a "
+                "Stitcher keeps only sums, so it cannot tell which of them is non-finite): "
+                + listed([named(i) for i in candidates])
+            )
+        else:
+            culprits = []
+            for i in candidates:
+                local = tuple(v - a for v, a in zip(voxel, self.tiling[i].start, strict=True))
+                value = patches[(n * per_image + i, c, *local)]
+                if not bool(torch.isfinite(value.to(out.dtype))):
+                    culprits.append(named(i, value.item()))
+            if culprits:
+                received = f"{where}, which comes from " + listed(culprits)
+            else:
+                received = (
+                    f"{where}, but the outputs of the windows there ("
+                    + listed([named(i) for i in candidates])
+                    + f") are finite: their weighted sum overflowed {out.dtype}"
+                )
+                fix = "stitch with dtype=torch.float64, or scale the outputs down"
+        raise NonFiniteError(
+            message("window outputs", expected="finite values", received=received, fix=fix)
         )
 
 
@@ -497,11 +567,35 @@ def stitch(
     *,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
-    out: torch.Tensor | None = None,
+    out: torch.Tensor | np.ndarray | None = None,
 ) -> Any:
     """Stitch all window outputs ``(N * len(tiling), C, *window)``, in window order, in one call.
 
-    Returns ``(N, C, *tiling.shape)`` (numpy in, numpy out). Default blend: uniform.
+    Parameters
+    ----------
+    patches
+        Every window output, a torch tensor (any device) or a numpy array.
+    tiling
+        The plan the windows came from.
+    blend
+        Weight profile (default :func:`tilewise.blend.uniform`).
+    dtype, device
+        As for :class:`Stitcher`.
+    out
+        A preallocated ``(N, C, *tiling.shape)`` float32/float64 buffer to stitch into: a torch
+        tensor or a writable numpy array (viewed, not copied). It is overwritten and returned.
+
+    Returns
+    -------
+    ``(N, C, *tiling.shape)``: ``out`` if given, else numpy for numpy patches, else a tensor.
+
+    Raises
+    ------
+    NonFiniteError
+        If the result holds NaN/Inf (checked with one reduction over the result). The message
+        names the window(s) whose output is NaN/Inf at the first such voxel, with their start.
+        Values in a zero-weight border band or in virtual padding never reach the result and
+        are not reported (see :meth:`Stitcher.result`).
 
     Examples
     --------
@@ -510,6 +604,10 @@ def stitch(
     >>> t = tw.Tiling((50, 40), window=16, step=12)
     >>> y = tw.stitch(tw.extract(x, t), t, blend=tw.blend.hann())
     >>> torch.allclose(y, x)
+    True
+    >>> import numpy as np
+    >>> buf = np.empty((2, 1, 50, 40), np.float32)
+    >>> tw.stitch(tw.extract(x.numpy(), t), t, out=buf) is buf
     True
     """
     check_tiling(tiling)
@@ -524,7 +622,12 @@ def stitch(
                 fix="pass every window output in order, or use Stitcher to add them in batches",
             )
         )
-    st = Stitcher(tiling, n=total // len(tiling), blend=blend, dtype=dtype, device=device, out=out)
+    target = as_tensor(out, "out", writable=True)[0] if isinstance(out, np.ndarray) else out
+    n = total // len(tiling)
+    st = Stitcher(tiling, n=n, blend=blend, dtype=dtype, device=device, out=target)
     st.add(p, range(total))
-    res = st.result()
+    res = st.result(check_finite=False)
+    st._check_finite(res, p)  # all outputs at hand: name the culprit windows, not candidates
+    if isinstance(out, np.ndarray):
+        return out
     return res.numpy() if from_numpy and res.device.type == "cpu" else res

@@ -223,14 +223,24 @@ class WeightPlan:
             total[s + lo : s + hi] += raw[k][lo:hi]
         zero = np.flatnonzero(total <= 0)
         if len(zero):
+            gaps = np.split(zero, np.flatnonzero(np.diff(zero) != 1) + 1)
+            first = gaps[0]
+            where = f"voxel {first[0]}" if len(first) == 1 else f"voxels {first[0]}..{first[-1]}"
+            more = (
+                f" (the first of {len(gaps)} separate gaps, {len(zero)} voxels in all)"
+                if len(gaps) > 1
+                else ""
+            )
             raise CoverageError(
                 message(
                     "blend",
                     expected="a positive total weight at every voxel",
-                    received=f"{self.blend!r} gives voxels {zero[0]}..{zero[-1]} on axis {ax} "
-                    f"zero total weight with window {plan.window}, step {plan.step}",
+                    received=f"{self.blend!r} gives {where} on axis {ax} zero total weight "
+                    f"with window {plan.window}, step {plan.step}{more}",
                     fix="use a smaller step (step <= window - 2*border when border weight is "
-                    "0), or a positive border weight",
+                    "0), or a positive border weight"
+                    if getattr(self.blend, "weight", None) == 0
+                    else "use a smaller step, or weights that are positive where windows meet",
                 )
             )
         out = []

@@ -60,6 +60,56 @@ def _per_axis(value: int | Sequence[int], axis: int, what: str) -> int:
     return int(value)
 
 
+def _widths(value: Any, what: str, minimum: int, example: str) -> int | tuple[int, ...]:
+    """One whole number >= ``minimum``, or a non-empty sequence of them (one per tiled axis)."""
+    per_axis = isinstance(value, Sequence) and not isinstance(value, str)
+    items = list(value) if per_axis else [value]
+    for w in items:
+        if isinstance(w, bool) or not isinstance(w, int | np.integer):
+            raise ParameterTypeError(
+                message(
+                    what,
+                    expected=f"a whole number >= {minimum} (or one per tiled axis)",
+                    received=f"{w!r} of type {type(w).__name__}"
+                    + (f" in {value!r}" if per_axis else ""),
+                    fix=f"pass whole voxel counts, e.g. {example}",
+                )
+            )
+        if w < minimum:
+            raise ParameterError(
+                message(
+                    what,
+                    expected=f"a whole number >= {minimum} (or one per tiled axis)",
+                    received=repr(value),
+                    fix=f"pass e.g. {example}",
+                )
+            )
+    if not items:
+        raise ParameterError(
+            message(
+                what,
+                expected="one value per tiled axis, or a single int",
+                received="an empty sequence",
+                fix=f"pass e.g. {example}",
+            )
+        )
+    return tuple(int(w) for w in items) if per_axis else int(items[0])
+
+
+def _check_axes(value: int | tuple[int, ...], window: Sequence[int], what: str) -> None:
+    """Per-axis values must match the tiled axes: none may be ignored, none may be missing."""
+    if isinstance(value, tuple) and len(value) != len(window):
+        raise ParameterError(
+            message(
+                what,
+                expected=f"a single int or {len(window)} values, one per tiled axis of "
+                f"window {tuple(window)}",
+                received=f"{len(value)} values {value!r}",
+                fix=f"give {what} as one int or {len(window)} ints",
+            )
+        )
+
+
 class Blend:
     """Base class of blend recipes. Subclasses define :meth:`profile` (1-D, per axis).
 
@@ -123,20 +173,7 @@ class _Uniform(Blend):
 
 class _Border(Blend):
     def __init__(self, width: int | Sequence[int], weight: float) -> None:
-        widths = list(width) if isinstance(width, Sequence) else [width]
-        for w in widths:
-            if isinstance(w, bool) or not isinstance(w, int | np.integer) or w < 0:
-                raise ParameterError(
-                    message(
-                        "border width",
-                        expected="a whole number >= 0 (or one per axis)",
-                        received=repr(width),
-                        fix="pass e.g. border(10, weight=0.0)",
-                    )
-                )
-        self.width: int | tuple[int, ...] = (
-            tuple(int(w) for w in widths) if isinstance(width, Sequence) else int(widths[0])
-        )
+        self.width = _widths(width, "border width", 0, "border(10, weight=0.0)")
         self.weight = _number(weight, "border weight")
         if self.weight < 0:
             raise ParameterError(
@@ -149,6 +186,7 @@ class _Border(Blend):
             )
 
     def check(self, window: Sequence[int]) -> None:
+        _check_axes(self.width, window, "border width")
         for ax, n in enumerate(window):
             b = _per_axis(self.width, ax, "border width")
             if 2 * b > n or (self.weight == 0 and 2 * b >= n):
@@ -181,22 +219,10 @@ class _Border(Blend):
 
 class _Ramp(Blend):
     def __init__(self, width: int | Sequence[int]) -> None:
-        widths = list(width) if isinstance(width, Sequence) else [width]
-        for w in widths:
-            if isinstance(w, bool) or not isinstance(w, int | np.integer) or w < 1:
-                raise ParameterError(
-                    message(
-                        "ramp width",
-                        expected="a whole number >= 1 (or one per axis)",
-                        received=repr(width),
-                        fix="pass e.g. ramp(16)",
-                    )
-                )
-        self.width: int | tuple[int, ...] = (
-            tuple(int(w) for w in widths) if isinstance(width, Sequence) else int(widths[0])
-        )
+        self.width = _widths(width, "ramp width", 1, "ramp(16)")
 
     def check(self, window: Sequence[int]) -> None:
+        _check_axes(self.width, window, "ramp width")
         for ax, n in enumerate(window):
             r = _per_axis(self.width, ax, "ramp width")
             if 2 * r > n:
@@ -380,8 +406,11 @@ def uniform() -> Blend:
 def border(width: int | Sequence[int], weight: float = 0.1) -> Blend:
     """qlty's border weighting: ``weight`` in a band of ``width`` voxels, 1 in the core.
 
-    ``weight=0`` ignores the band entirely (the paper's inference setting: window 128, step 108,
-    border 10, weight 0 pastes the 108-voxel cores side by side).
+    ``width`` is one int for every axis or one per tiled axis (a tiling with another number of
+    axes refuses it). ``weight=0`` ignores the band entirely (the paper's inference setting:
+    window 128, step 108, border 10, weight 0 pastes the 108-voxel cores side by side): values
+    in the band are never read, so NaN/Inf there cannot reach the stitched result and is not
+    reported. Where the window touches the array edge the band is not applied (edge-aware).
 
     >>> border(1, weight=0.0).profile(4).tolist()
     [0.0, 1.0, 1.0, 0.0]
@@ -391,6 +420,8 @@ def border(width: int | Sequence[int], weight: float = 0.1) -> Blend:
 
 def ramp(width: int | Sequence[int]) -> Blend:
     """Linear ramp over ``width`` voxels at each side, strictly positive (no zero end points).
+
+    ``width`` is one int for every axis or one per tiled axis.
 
     >>> ramp(3).profile(8).tolist()
     [0.25, 0.5, 0.75, 1.0, 1.0, 0.75, 0.5, 0.25]
