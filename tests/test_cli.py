@@ -1,4 +1,4 @@
-"""The command line, run as users run it: ``python -m tilewise.cli`` in a subprocess.
+"""The command line, run as users run it: the installed ``tilewise`` command in a subprocess.
 
 Each subprocess spends about two seconds importing torch, so the commands that do not depend on
 one another are started together when the module's data is made, and each test waits for its
@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,12 +24,9 @@ import torch
 import tilewise as tw
 
 zarr = pytest.importorskip("zarr")
-pytest.importorskip("click")
+click = pytest.importorskip("click")
 
 from tilewise import cli  # noqa: E402  (needs click)
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 SHAPE = (20, 24, 28)
 TILING = ["--window", "12", "--step", "8"]
@@ -51,6 +48,16 @@ COMMANDS = {
     "bad-window": "predict net.pt2 img.zarr o2.zarr --window 12,x --step 8",
     "window-too-large": "predict net.pt2 img.zarr o3.zarr --window 64 --step 8",
     "unknown-blend": "predict net.pt2 img.zarr o4.zarr --window 12 --step 8 --blend foo",
+    # credentials in URLs never printed; unreachable locations are bad input (exit 2)
+    "secret-output": "predict net.pt2 img.zarr 'https://alice:s3cr3t@127.0.0.1:9/o.zarr' "
+    "--window 12 --step 8 --no-progress",
+    "secret-s3-input": "info 's3://KEYID:s3cr3t@bucket/x.zarr'",
+    "unreachable-input": "info http://127.0.0.1:9/x.zarr",
+}
+# started as 'python -m tilewise.cli' (the other way to run it)
+MODULE_COMMANDS = {
+    "module-plan": "plan 236,720,510 --window 64 --step 32",
+    "module-bad": "plan 10,10 --window 4 --step 0",
 }
 
 
@@ -65,9 +72,16 @@ class Done:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def command(line: str) -> list[str]:
-    """The real entry point, as ``tilewise <line>`` runs it."""
-    return [sys.executable, "-m", "tilewise.cli", *shlex.split(line)]
+# the console script that installing tilewise puts next to the interpreter
+CONSOLE = Path(sys.executable).with_name("tilewise")
+
+
+def command(line: str, *, module: bool = False) -> list[str]:
+    """The real entry point, as ``tilewise <line>`` runs it (``python -m tilewise.cli <line>``
+    with ``module=True``, or where the console script is not installed)."""
+    if module or not CONSOLE.exists():
+        return [sys.executable, "-m", "tilewise.cli", *shlex.split(line)]
+    return [str(CONSOLE), *shlex.split(line)]
 
 
 def run(cwd: Path, line: str) -> Done:
@@ -80,16 +94,18 @@ class Runs:
 
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
+        lines = {name: (line, False) for name, line in COMMANDS.items()}
+        lines.update({name: (line, True) for name, line in MODULE_COMMANDS.items()})
         self.procs = {
             name: subprocess.Popen(
-                command(line),
+                command(line, module=module),
                 cwd=cwd,
                 env=ENV,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            for name, line in COMMANDS.items()
+            for name, (line, module) in lines.items()
         }
         self.done: dict[str, Done] = {}
 
@@ -305,6 +321,152 @@ def test_bad_arguments_exit_2_with_one_line(runs: Runs, name: str, says: str) ->
     assert done.out == ""
 
 
+def test_python_m_tilewise_cli_also_works(runs: Runs) -> None:
+    done = runs["module-plan"]
+    assert done.code == 0, done.err
+    assert re.search(r"^windows\s+2310$", done.out, re.M)
+    bad = runs["module-bad"]
+    assert bad.code == 2
+    assert bad.err.startswith("tilewise: error: ")
+    assert len(bad.err.strip().splitlines()) == 1, bad.err
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("aiohttp") is None or importlib.util.find_spec("s3fs") is None,
+    reason="needs aiohttp and s3fs",
+)
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("secret-output", "'https://127.0.0.1:9/o.zarr'"),  # the library's message, redacted
+        ("secret-s3-input", "'s3://bucket/x.zarr'"),  # botocore names the bucket 'KEYID:s3cr3t@'
+        ("unreachable-input", "ClientConnectorError"),
+    ],
+)
+def test_unreachable_locations_exit_2_without_credentials(runs: Runs, name: str, says: str) -> None:
+    done = runs[name]
+    assert done.code == 2, done.err
+    assert "Traceback" not in done.err
+    lines = done.err.strip().splitlines()
+    assert len(lines) == 1, done.err
+    assert lines[0].startswith("tilewise: error: ")
+    assert says in lines[0]
+    for secret in ("s3cr3t", "alice", "KEYID"):
+        assert secret not in done.err + done.out
+
+
+SECRET_URL = "https://alice:hunter2pw@127.0.0.1:9/x.zarr"
+
+
+class ClientConnectorError(Exception):
+    """Stands for aiohttp's (not an OSError here): client errors are known by their module."""
+
+    __module__ = "aiohttp.client_exceptions"
+
+
+def _caused_by_timeout() -> Exception:
+    err = RuntimeError("the store failed")
+    err.__cause__ = TimeoutError("timed out")
+    return err
+
+
+@pytest.mark.parametrize(
+    ("make", "code", "says"),
+    [
+        (lambda: ConnectionRefusedError(f"cannot reach {SECRET_URL}"), 2, "INPUT: expected"),
+        (lambda: ClientConnectorError("Cannot connect to host 127.0.0.1:9"), 2, "INPUT: expected"),
+        (lambda: PermissionError(13, "Permission denied", "x.zarr"), 2, "INPUT: expected"),
+        (_caused_by_timeout, 2, "RuntimeError: the store failed"),
+        (lambda: tw.TilewiseError(f"source: received {SECRET_URL!r}"), 2, "127.0.0.1:9/x.zarr"),
+        (lambda: RuntimeError(f"a bug while reading {SECRET_URL}"), 1, "unexpected"),
+    ],
+)
+@pytest.mark.parametrize("debug", [False, True])
+def test_errors_never_show_credentials(
+    monkeypatch: pytest.MonkeyPatch, make, code: int, says: str, debug: bool
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise make()
+
+    monkeypatch.setattr(tw, "open_array", fail)
+    got, out, err = _in_process(["info", SECRET_URL, *(["--debug"] if debug else [])])
+    assert got == code, err
+    assert out == ""
+    assert "hunter2pw" not in err
+    assert "alice" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tilewise: error: ")
+    assert says in last
+    if debug:
+        assert "Traceback" in err
+    else:
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_credentials_hidden_where_a_library_prints_them_without_the_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class ParamValidationError(Exception):
+        __module__ = "botocore.exceptions"
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise ParamValidationError('Invalid bucket name "KEYID:hunter2pw@bucket"')
+
+    monkeypatch.setattr(tw, "open_array", fail)
+    code, _, err = _in_process(["info", "s3://KEYID:hunter2pw@bucket/x.zarr"])
+    assert code == 2
+    assert 'Invalid bucket name "bucket"' in err
+    assert "'s3://bucket/x.zarr'" in err
+    assert "remove user:password@ from the URL" in err
+    assert "hunter2pw" not in err
+    assert "KEYID" not in err
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_a_state_dict_is_not_a_model(data: Path, tmp_path: Path, checkpoint: bool) -> None:
+    weights = _net().state_dict()
+    path = tmp_path / "weights.pth"
+    torch.save({"model": weights, "epoch": 3} if checkpoint else weights, path)
+    args = [str(path), str(data / "img.zarr"), str(tmp_path / "o.zarr")]
+    code, _, err = _in_process(["predict", *args, *TILING])
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("tilewise: error: MODEL: expected a torch.export (.pt2) or TorchScript")
+    assert "a state dict" in err
+    assert "torch.export.save(" in err
+    assert "torch.jit.save(" in err
+    assert "ModelFactory" not in err  # the Python API's way, which the command line cannot take
+
+
+def test_argmax_is_short_for_out_dtype_argmax(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    def fake(*args: object, **kwargs: object) -> None:
+        seen.append(str(kwargs["out_dtype"]))
+        raise tw.TilewiseError("stopped here")
+
+    monkeypatch.setattr(tw, "predict", fake)
+    argv = ["predict", *(str(data / f) for f in ("net.pt2", "img.zarr", "oa.zarr")), *TILING]
+    for extra in ("", "--argmax", "--argmax --out-dtype argmax", "--out-dtype uint8"):
+        code, _, err = _in_process([*argv, *extra.split()])
+        assert (code, err) == (2, "tilewise: error: stopped here\n")
+    assert seen == ["float32", "argmax", "argmax", "uint8"]
+    _, out, _ = _in_process(["predict", "--help"])
+    assert "--argmax" in out
+    assert "[default: float32]" in out
+
+
+def test_every_option_has_help() -> None:
+    commands = [("", cli.cli), *cli.cli.commands.items()]
+    missing = [
+        f"tilewise {name} {param.opts[0]}".replace("  ", " ")
+        for name, command in commands
+        for param in command.params
+        if isinstance(param, click.Option) and not param.help
+    ]
+    assert missing == []
+
+
 def _in_process(argv: list[str]) -> tuple[int, str, str]:
     """Run ``cli.main`` here, capturing what it prints."""
     import contextlib
@@ -333,6 +495,9 @@ def _in_process(argv: list[str]) -> tuple[int, str, str]:
         ("predict m.pt2 i.zarr o.zarr --window 4 --step 2 --workers 2 --dask-scheduler x:1", "alt"),
         ("predict m.pt2 i.zarr o.zarr --window 4 --step 2 --device toaster", "--device"),
         ("sample i.zarr l.zarr o.zarr --window 4 --step 2 --ignore none", "--ignore"),
+        ("predict m.pt2 i.zarr o.zarr --window 4 --step 2 --argmax --out-dtype uint8", "contra"),
+        ("plan 10,10 --window 4 --step 2 --picture /no/such/folder/x.png", "does not exist"),
+        ("plan 10,10 --window 4 --step 2 --picture .", "a folder"),
     ],
 )
 def test_argument_errors_in_process(args: str, says: str) -> None:
@@ -392,7 +557,7 @@ def test_no_arguments_and_version() -> None:
 def test_the_worked_example_at_tiny_size(tmp_path):
     """tilewise demo end to end: tables, OME-Zarr probabilities, a real figure, no seams."""
     proc = subprocess.run(
-        [sys.executable, "-m", "tilewise.cli", "demo", "--size", "tiny", "--out", str(tmp_path)],
+        [*command("demo --size tiny"), "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=240,

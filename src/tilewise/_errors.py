@@ -7,6 +7,8 @@ one pattern: what was expected, what was received, and how to fix it.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "CoverageError",
     "MissingWindowError",
@@ -16,6 +18,7 @@ __all__ = [
     "ShapeMismatchError",
     "TilewiseError",
     "message",
+    "redact",
 ]
 
 
@@ -48,11 +51,44 @@ class NonFiniteError(TilewiseError, FloatingPointError):
 
 
 def message(what: str, *, expected: str, received: str, fix: str) -> str:
-    """Build an error message in the project's one format.
+    """Build an error message in the project's one format (credentials in URLs removed).
 
     Examples
     --------
     >>> print(message("window", expected="a positive int", received="0", fix="use window >= 1"))
     window: expected a positive int, received 0. Fix: use window >= 1.
+    >>> print(message("out", expected="a writable location", received="'s3://K:S@b/o.zarr'",
+    ...               fix="check the credentials"))
+    out: expected a writable location, received 's3://b/o.zarr'. Fix: check the credentials.
     """
-    return f"{what}: expected {expected}, received {received}. Fix: {fix}."
+    return redact(f"{what}: expected {expected}, received {received}. Fix: {fix}.")
+
+
+# ``scheme://userinfo@``: RFC 3986 userinfo, or ``user:secret@`` whose secret holds a raw '/' (AWS
+# secret keys often do) unless what follows the ':' is a port (digits, then '/' or the URL's end)
+_USERINFO = re.compile(
+    r"""(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)
+    (?P<userinfo>
+        [^\s/?#@"'<>:]*:(?!\d*(?:[/?#\s"'<>]|$))[^\s?#@"'<>]*@
+      | [^\s/?#@"'<>]*@
+    )""",
+    re.VERBOSE,
+)
+
+
+def redact(text: str) -> str:
+    """Remove the ``user:password@`` (or ``user@``) part of every URL in a text, of any scheme.
+
+    Use it on every message that may show a location the user gave, so that credentials written
+    into a URL are never printed or logged.
+
+    Examples
+    --------
+    >>> redact("received 'https://alice:s3cr3t@127.0.0.1:9/o.zarr': ClientConnectorError")
+    "received 'https://127.0.0.1:9/o.zarr': ClientConnectorError"
+    >>> redact("s3://KEY:se/cret@bucket/x.zarr and ssh://git@host/repo")
+    's3://bucket/x.zarr and ssh://host/repo'
+    >>> redact("https://host:8080/path@v2 s3://bucket/a@b file:///x@y")  # no userinfo: unchanged
+    'https://host:8080/path@v2 s3://bucket/a@b file:///x@y'
+    """
+    return _USERINFO.sub(r"\g<scheme>", text)

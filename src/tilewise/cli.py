@@ -7,14 +7,17 @@ one line on stderr, never as a traceback::
     tilewise: error: <what was expected, what was received, how to fix it>
 
 Exit codes: 0 success, 2 bad arguments or bad input (including every
-:class:`~tilewise.TilewiseError`), 1 an unexpected internal error (rerun with ``--debug`` for the
-traceback), 130 interrupted (a ``predict`` run resumes when rerun with the same arguments).
+:class:`~tilewise.TilewiseError`, and an input or output that cannot be opened or reached), 1 an
+unexpected internal error (rerun with ``--debug`` for the traceback), 130 interrupted (a
+``predict`` run resumes when rerun with the same arguments). Credentials written into a URL
+(``https://user:password@host/...``) are removed from everything the command prints.
 
 Run it as ``tilewise ...`` once installed with the ``cli`` extra, or as ``python -m tilewise.cli``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -22,7 +25,8 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 try:
@@ -35,7 +39,7 @@ except ImportError:  # pragma: no cover - only without the extra
 import numpy as np
 
 import tilewise as tw
-from tilewise._errors import TilewiseError, message
+from tilewise._errors import _USERINFO, TilewiseError, message, redact
 
 __all__ = ["cli", "main"]
 
@@ -264,12 +268,98 @@ def _shape_str(shape: Sequence[int]) -> str:
 def _rows(rows: Sequence[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        click.echo(f"{key:<{width}}  {value}")
+        click.echo(f"{key:<{width}}  {redact(value)}")
+
+
+# -- locations that cannot be reached --------------------------------------------------------------
+# Packages whose exceptions mean "this location cannot be reached or read" (network, object stores,
+# fsspec); matched by module name so that none of them is imported here.
+_CLIENT_PACKAGES = frozenset(
+    {"aiohttp", "aiobotocore", "botocore", "boto3", "s3fs", "fsspec", "gcsfs", "adlfs"}
+    | {"requests", "urllib3", "http", "ssl", "socket"}
+)
+_WRITTEN = frozenset({"OUTPUT", "--picture"})  # the locations a command writes
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """The error and the errors it was raised from (``raise ... from``)."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__
+
+
+def _is_location_error(err: BaseException) -> bool:
+    """An OS error (missing file, no permission, refused connection, timeout) or an error of a
+    storage or network client: the location is at fault, not tilewise (exit code 2)."""
+    return any(
+        isinstance(e, OSError)
+        or any(c.__module__.partition(".")[0] in _CLIENT_PACKAGES for c in type(e).__mro__)
+        for e in _chain(err)
+    )
+
+
+def _blame(err: BaseException, where: Mapping[str, str]) -> dict[str, str]:
+    """The locations among ``where`` that the error names (by path or URL host), else all."""
+    text = " ".join(f"{e} {getattr(e, 'filename', '') or ''}" for e in _chain(err))
+    for name, location in where.items():
+        if _is_url(location):
+            keys = [location.rstrip("/"), urllib.parse.urlsplit(location).hostname or ""]
+        else:
+            keys = [location.rstrip("/"), os.path.abspath(location)]
+        if any(k and k in text for k in keys):
+            return {name: location}
+    return dict(where)
+
+
+@contextlib.contextmanager
+def _locations(where: Mapping[str, str]) -> Iterator[None]:
+    """Report a location that cannot be opened, reached, read or written in one line (exit 2).
+
+    ``where`` maps an argument's name (``INPUT``, ``OUTPUT``...) to the path or URL given. Other
+    errors pass through unchanged (an unexpected one is exit code 1).
+    """
+    try:
+        yield
+    except (TilewiseError, click.ClickException, ImportError):
+        raise
+    except Exception as err:
+        if not _is_location_error(err):
+            raise
+        named = _blame(err, where)
+        writes = all(name in _WRITTEN for name in named)
+        locations = list(named.values())
+        if any(_USERINFO.search(loc) for loc in locations):
+            fix = (
+                "remove user:password@ from the URL and give credentials through the "
+                "environment (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), ~/.aws/credentials "
+                "or fsspec's configuration"
+            )
+        elif any(_is_url(loc) for loc in locations):
+            fix = "check the URL, that its server can be reached from here, and the credentials"
+        elif writes:
+            fix = "choose a path in a folder you may write to"
+        else:
+            fix = "check the path and its permissions"
+        raise CliError(
+            _message(
+                " or ".join(named),
+                expected=f"a location that can be {'written' if writes else 'read'}",
+                received=f"{' or '.join(repr(redact(loc)) for loc in locations)}, which failed "
+                f"({type(err).__name__}: {redact(_one_line(str(err)))[:300] or '(no message)'})",
+                fix=fix,
+            )
+        ) from None
 
 
 # -- shared pieces ---------------------------------------------------------------------------------
-def _open(source: str, *, axes: str | None, level: int, dataset: str | None) -> Any:
-    return tw.open_array(source, axes=axes, level=level, dataset=dataset)
+def _open(
+    source: str, *, axes: str | None, level: int, dataset: str | None, what: str = "INPUT"
+) -> Any:
+    with _locations({what: source}):
+        return tw.open_array(source, axes=axes, level=level, dataset=dataset)
 
 
 def _blend(spec: Any, border: tuple[int, ...] | None, weight: float | None) -> Any:
@@ -435,7 +525,13 @@ are skipped. Export the model with a dynamic batch axis, so that any batch size 
 @click.argument("output")
 @_tiling_options
 @_blend_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Windows per model call.",
+)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, mps... (default: cuda if any).")
 @click.option("--amp/--no-amp", default=False, help="Mixed precision (autocast).")
 @click.option(
@@ -445,7 +541,14 @@ are skipped. Export the model with a dynamic batch axis, so that any batch size 
     show_default=True,
     help="Stored values: probabilities, argmax labels, 0/1 of > --threshold, or quantised 0..255.",
 )
-@click.option("--threshold", type=float, default=0.5, show_default=True)
+@click.option("--argmax", is_flag=True, help="Store argmax labels: short for --out-dtype argmax.")
+@click.option(
+    "--threshold",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="With --out-dtype threshold, store 1 where the output is > this, else 0.",
+)
 @click.option("--chunks", type=_Ints(minimum=1), default=None, help="Output chunks (default 64).")
 @click.option(
     "--block",
@@ -487,6 +590,7 @@ def predict(
     device: str | None,
     amp: bool,
     out_dtype: str,
+    argmax: bool,
     threshold: float,
     chunks: tuple[int, ...] | None,
     block: tuple[int, ...] | None,
@@ -515,6 +619,14 @@ def predict(
     """
     if dask_scheduler is not None and workers is not None:
         raise click.UsageError("--dask-scheduler and --workers are alternatives: pass one")
+    if argmax:
+        source = click.get_current_context().get_parameter_source("out_dtype")
+        if out_dtype != "argmax" and source != click.core.ParameterSource.DEFAULT:
+            raise click.UsageError(
+                f"--argmax is short for --out-dtype argmax, which contradicts --out-dtype "
+                f"{out_dtype}: pass one"
+            )
+        out_dtype = "argmax"
     dev = _device(device)
     blend = _blend(blend_spec, border, border_weight)
     src = _open(input_path, axes=axes, level=level, dataset=dataset)
@@ -526,29 +638,30 @@ def predict(
     client = _connect(dask_scheduler) if dask_scheduler is not None else None
     ome = True if output.rstrip("/").endswith(".ome.zarr") else None
     try:
-        info = tw.predict(
-            cast("Callable[..., Any]", _local(model) if distributed else net),
-            src,
-            tiling,
-            blend=blend,
-            batch_size=batch_size,
-            device=dev,
-            amp=True if amp else None,
-            out=_local(output) if distributed else output,
-            out_dtype=out_dtype,
-            threshold=threshold,
-            chunks=_per_axis(chunks, tiling.ndim, "--chunks"),
-            block=_per_axis(block, tiling.ndim, "--block"),
-            tta=tta,
-            on_nonfinite="drop" if on_nonfinite == "drop" else "raise",
-            progress=False if no_progress else None,
-            ome=ome,
-            overwrite=overwrite,
-            client=client,
-            cluster="local" if workers is not None else None,
-            workers=workers if workers is not None else 2,
-            return_info=True,
-        )
+        with _locations({"OUTPUT": output, "INPUT": input_path}):
+            info = tw.predict(
+                cast("Callable[..., Any]", _local(model) if distributed else net),
+                src,
+                tiling,
+                blend=blend,
+                batch_size=batch_size,
+                device=dev,
+                amp=True if amp else None,
+                out=_local(output) if distributed else output,
+                out_dtype=out_dtype,
+                threshold=threshold,
+                chunks=_per_axis(chunks, tiling.ndim, "--chunks"),
+                block=_per_axis(block, tiling.ndim, "--block"),
+                tta=tta,
+                on_nonfinite="drop" if on_nonfinite == "drop" else "raise",
+                progress=False if no_progress else None,
+                ome=ome,
+                overwrite=overwrite,
+                client=client,
+                cluster="local" if workers is not None else None,
+                workers=workers if workers is not None else 2,
+                return_info=True,
+            )
     except TilewiseError:
         raise
     except Exception as err:
@@ -615,9 +728,23 @@ def _load_model(path: str) -> Any:
     """Load a model file with :func:`tilewise.load_model`; a file it cannot read is exit 2."""
     try:
         return tw.load_model(path)
-    except TilewiseError:
-        raise
     except Exception as err:
+        if os.path.isfile(path) and _is_state_dict(path):
+            raise CliError(
+                _message(
+                    "MODEL",
+                    expected="a torch.export (.pt2) or TorchScript model file: the command line "
+                    "cannot rebuild a network from its weights",
+                    received=f"{path!r}, a state dict (torch.save(net.state_dict()))",
+                    fix="in Python, load the weights into the network and save it whole: "
+                    f"net.load_state_dict(torch.load({path!r})); then "
+                    "torch.export.save(torch.export.export(net, (x,), dynamic_shapes=({0: "
+                    "torch.export.Dim('batch')},)), 'net.pt2') or "
+                    "torch.jit.save(torch.jit.script(net), 'net.pt')",
+                )
+            ) from None
+        if isinstance(err, TilewiseError):
+            raise
         raise CliError(
             _message(
                 "MODEL",
@@ -627,6 +754,24 @@ def _load_model(path: str) -> Any:
                 fix="save it with torch.export.save(torch.export.export(net, (x,)), 'net.pt2')",
             )
         ) from None
+
+
+def _is_state_dict(path: str) -> bool:
+    """Whether a file holds weights only: a dict of tensors (``torch.save(net.state_dict())``),
+    or a checkpoint dict holding one."""
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch.save file, or one holding more than weights
+        return False
+
+    def tensors(d: Mapping[Any, Any]) -> bool:
+        return any(isinstance(v, torch.Tensor) for v in d.values())
+
+    return isinstance(obj, Mapping) and (
+        tensors(obj) or any(isinstance(v, Mapping) and tensors(v) for v in obj.values())
+    )
 
 
 def _connect(address: str) -> Any:
@@ -732,17 +877,18 @@ def sample(
             )
         )
     zarr = _zarr()
-    image = _open(image_path, axes=axes, level=level, dataset=dataset)
-    labels = _open(labels_path, axes=label_axes, level=level, dataset=label_dataset)
+    image = _open(image_path, axes=axes, level=level, dataset=dataset, what="IMAGE")
+    labels = _open(labels_path, axes=label_axes, level=level, dataset=label_dataset, what="LABELS")
     tiling = _tiling(image.shape[2:], window, step, pad)
-    result = tw.clean(
-        image,
-        labels,
-        tiling,
-        border=_axis_value(border),
-        ignore=ignore_value,
-        min_labeled=min_value,
-    )
+    with _locations({"IMAGE": image_path, "LABELS": labels_path}):
+        result = tw.clean(
+            image,
+            labels,
+            tiling,
+            border=_axis_value(border),
+            ignore=ignore_value,
+            min_labeled=min_value,
+        )
     lab = np.asarray(result.labels)
     if "c" not in labels.stored_axes and lab.ndim == tiling.ndim + 2 and lab.shape[1] == 1:
         lab = lab[:, 0]  # the file has no channel axis: neither do the windows
@@ -757,39 +903,40 @@ def sample(
         "images": np.asarray(result.images, dtype=np.int64),
         "indices": np.asarray(result.indices, dtype=np.int64),
     }
-    group = zarr.open_group(output, mode="w")
-    for name, data in arrays.items():
-        chunks = (1, *data.shape[1:]) if name in ("image", "labels") else data.shape
-        arr = group.create_array(
-            name, shape=data.shape, dtype=data.dtype, chunks=tuple(max(1, c) for c in chunks)
+    with _locations({"OUTPUT": output}):
+        group = zarr.open_group(output, mode="w")
+        for name, data in arrays.items():
+            chunks = (1, *data.shape[1:]) if name in ("image", "labels") else data.shape
+            arr = group.create_array(
+                name, shape=data.shape, dtype=data.dtype, chunks=tuple(max(1, c) for c in chunks)
+            )
+            if data.size:
+                arr[...] = data
+        group.attrs.update(
+            {
+                "tilewise": "sample",
+                "image": redact(image_path),
+                "labels": redact(labels_path),
+                "image_shape": list(report.image_shape),
+                "window": list(report.window),
+                "step": list(report.step),
+                "border": list(report.border),
+                "ignore": ignore_value if not math.isnan(ignore_value) else "nan",
+                "min_labeled": min_value,
+                "total": report.total,
+                "kept": report.kept,
+                "labeled": report.labeled,
+                "labeled_in_cores": report.labeled_in_cores,
+                "occurrences": report.occurrences,
+                "duplication_rate": report.duplication_rate,
+                "reduction": report.reduction if math.isfinite(report.reduction) else None,
+                "classes": {_class_key(k): int(v) for k, v in report.classes.items()},
+            }
         )
-        if data.size:
-            arr[...] = data
-    group.attrs.update(
-        {
-            "tilewise": "sample",
-            "image": image_path,
-            "labels": labels_path,
-            "image_shape": list(report.image_shape),
-            "window": list(report.window),
-            "step": list(report.step),
-            "border": list(report.border),
-            "ignore": ignore_value if not math.isnan(ignore_value) else "nan",
-            "min_labeled": min_value,
-            "total": report.total,
-            "kept": report.kept,
-            "labeled": report.labeled,
-            "labeled_in_cores": report.labeled_in_cores,
-            "occurrences": report.occurrences,
-            "duplication_rate": report.duplication_rate,
-            "reduction": report.reduction if math.isfinite(report.reduction) else None,
-            "classes": {_class_key(k): int(v) for k, v in report.classes.items()},
-        }
-    )
     click.echo(str(report))
     click.echo()
     parts = ", ".join(f"{k} {_shape_str(v.shape)} {v.dtype}" for k, v in arrays.items())
-    click.echo(f"wrote {report.kept} windows to {output}: {parts}")
+    click.echo(f"wrote {report.kept} windows to {redact(output)}: {parts}")
     return EXIT_OK
 
 
@@ -813,8 +960,20 @@ def _class_key(value: float) -> str:
 @_tiling_options
 @_blend_options
 @click.option("--channels", type=click.IntRange(min=1), default=None, help="Input channels.")
-@click.option("--out-channels", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--out-channels",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Channels of the model's output (for the memory estimate).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Windows per model call.",
+)
 @click.option(
     "--activation-bytes",
     type=click.FloatRange(min=0),
@@ -864,6 +1023,8 @@ def plan(
     int
         The exit code.
     """
+    if picture is not None:
+        _check_picture(picture)
     n, src = 1, None
     text = shape_or_input.strip()
     if re.fullmatch(r"\d+(\s*,\s*\d+)*", text):
@@ -925,10 +1086,32 @@ def plan(
             ("suggested batch", f"{mp.suggested_batch_size} for {_fmt_bytes(budget)}{note}")
         )
     if picture is not None:
-        _save_picture(tiling, picture, border, src)
+        with _locations({"--picture": picture}):
+            _save_picture(tiling, picture, border, src)
         rows.append(("picture", picture))
     _rows(rows)
     return EXIT_OK
+
+
+def _check_picture(path: str) -> None:
+    """Refuse a --picture path that cannot be written, before any work is done."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        problem = "a folder"
+    elif not os.path.isdir(folder):
+        problem = f"a file in {folder!r}, which does not exist"
+    elif not os.access(folder, os.W_OK):
+        problem = f"a file in {folder!r}, which is not writable"
+    else:
+        return
+    raise CliError(
+        _message(
+            "--picture",
+            expected="an image file (e.g. layout.png) in an existing, writable folder",
+            received=f"{path!r}, {problem}",
+            fix="create the folder first, or choose another path",
+        )
+    )
 
 
 def _save_picture(tiling: tw.Tiling, path: str, border: tuple[int, ...] | None, image: Any) -> None:
@@ -984,7 +1167,7 @@ def info(input_path: str, axes: str | None, level: int, dataset: str | None, as_
     meta = arr.info
     size = math.prod(arr.shape) * arr.dtype.itemsize
     record: dict[str, Any] = {
-        "source": meta.source,
+        "source": redact(str(meta.source)),
         "format": meta.format,
         "shape": list(arr.shape),
         "axes": "".join(meta.axes),
@@ -1056,8 +1239,51 @@ def demo(ctx: click.Context, size: str | None, out: str | None) -> int:
 
 
 # -- the entry point -------------------------------------------------------------------------------
-def _error(text: str) -> None:
-    click.echo(f"{PROG}: error: {_one_line(text)}", err=True)
+def _secrets(args: Sequence[str]) -> list[str]:
+    """The credentials written into URLs among the arguments (longest first), to hide also where
+    a library prints them without their URL (e.g. botocore's 'Invalid bucket name "K:S@b"').
+
+    Examples
+    --------
+    >>> _secrets(["info", "s3://KEY:secret@bucket/x.zarr"])
+    ['KEY:secret@', 'KEY:secret']
+    """
+    found: set[str] = set()
+    for arg in args:
+        for m in _USERINFO.finditer(arg):
+            for userinfo in {m["userinfo"], urllib.parse.unquote(m["userinfo"])}:
+                _, colon, secret = userinfo[:-1].partition(":")
+                found.add(userinfo)
+                if colon:
+                    found.add(userinfo[:-1])
+                if len(secret) >= 8:  # long enough not to stand for some other word
+                    found.add(secret)
+    return sorted(found, key=len, reverse=True)
+
+
+def _hide(text: str, secrets: Sequence[str]) -> str:
+    """The text without the credentials of URLs (:func:`tilewise._errors.redact`) or ``secrets``.
+
+    Examples
+    --------
+    >>> _hide('Invalid bucket name "KEY:secret@bucket" in s3://KEY:secret@bucket/x', _secrets(
+    ...     ["s3://KEY:secret@bucket/x"]))
+    'Invalid bucket name "bucket" in s3://bucket/x'
+    """
+    text = redact(text)
+    for secret in secrets:
+        text = text.replace(secret, "" if secret.endswith("@") else "***")
+    return text
+
+
+def _error(text: str, args: Sequence[str]) -> None:
+    """Print ``tilewise: error: <text>`` in one line on stderr, without credentials."""
+    click.echo(f"{PROG}: error: {_one_line(_hide(text, _secrets(args)))}", err=True)
+
+
+def _traceback(args: Sequence[str]) -> None:
+    """Print the traceback being handled (``--debug``), without credentials."""
+    click.echo(_hide(traceback.format_exc(), _secrets(args)).rstrip("\n"), err=True)
 
 
 _KEYWORD = re.compile(
@@ -1120,41 +1346,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = cli.main(args=args, prog_name=PROG, standalone_mode=False)
     except click.exceptions.Abort:
-        _error("interrupted (a predict run resumes when rerun with the same arguments)")
+        _error("interrupted (a predict run resumes when rerun with the same arguments)", args)
         return EXIT_INTERRUPTED
     except click.ClickException as err:
         if debug:
-            traceback.print_exc()
+            _traceback(args)
         text = err.format_message()
         where = getattr(err, "ctx", None)
         if isinstance(err, click.UsageError) and where is not None:
             text += f" (see '{where.command_path} --help')"
-        _error(text)
+        _error(text, args)
         return err.exit_code
     except TilewiseError as err:
         if debug:
-            traceback.print_exc()
-        _error(_in_cli_words(str(err)))
+            _traceback(args)
+        _error(_in_cli_words(str(err)), args)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        _error("interrupted (a predict run resumes when rerun with the same arguments)")
+        _error("interrupted (a predict run resumes when rerun with the same arguments)", args)
         return EXIT_INTERRUPTED
     except SystemExit as err:  # e.g. argparse inside the demo, which printed its message
         if err.code is None or isinstance(err.code, int):
             return err.code or EXIT_OK
-        _error(str(err.code))
+        _error(str(err.code), args)
         return EXIT_INTERNAL
     except ImportError as err:
         if debug:
-            traceback.print_exc()
-        _error(str(err))
+            _traceback(args)
+        _error(str(err), args)
         return EXIT_INTERNAL
     except Exception as err:
         if debug:
-            traceback.print_exc()
+            _traceback(args)
         _error(
             f"{type(err).__name__}: {_one_line(str(err)) or '(no message)'} "
-            f"(unexpected; rerun with --debug for the traceback)"
+            f"(unexpected; rerun with --debug for the traceback)",
+            args,
         )
         return EXIT_INTERNAL
     finally:
