@@ -45,8 +45,8 @@ CONTENDED = 0.15
 TARGET_SPEEDUP = 10.0  # tilewise vs MONAI ZarrAvgMerger (defaults)
 TARGET_RSS = GIB  # tilewise absolute peak RSS
 TARGET_FLAT = 1.10  # tilewise peak RSS at 4x volume / at 1x
-ORDER = ["tilewise", "naive_zarr", "monai_zarr", "monai_zarr_tuned", "qlty_large"]
-DEFAULT = ["tilewise", "naive_zarr", "monai_zarr", "qlty_large"]
+ORDER = ["tilewise", "tilewise_zstd", "naive_zarr", "monai_zarr", "monai_zarr_tuned", "qlty_large"]
+DEFAULT = ["tilewise", "tilewise_zstd", "naive_zarr", "monai_zarr", "qlty_large"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,6 +302,7 @@ def expected_disk(name: str, vox: int) -> int:
     """Rough bytes a contender writes (output + temporaries), uncompressed."""
     per_vox = {
         "tilewise": 8,  # 2 ch float32
+        "tilewise_zstd": 8,
         "naive_zarr": 12,  # acc 2 ch + cnt 1 ch float32
         "monai_zarr": 18,  # values 2x4 + counts 2x1 + output 2x4
         "monai_zarr_tuned": 18,
@@ -577,12 +578,20 @@ def targets(rows: list[dict]) -> list[str]:
             f"{_s(tw['total'])} s = **{sp:.1f}x** (with the fsync of the output: {spf:.1f}x); "
             f"target >= {TARGET_SPEEDUP:.0f}x: {mark(sp >= TARGET_SPEEDUP)}."
         )
+        tz = by.get((main, "tilewise_zstd"))
+        if tz and tz["status"] == "ok":
+            out.append(
+                f"- same codec as MONAI's stores (zarr's zstd): tilewise {_s(tz['total'])} s, "
+                f"MONAI / tilewise = {mz['total'] / tz['total']:.1f}x."
+            )
     elif mz:
         out.append(f"- speed: MONAI ZarrAvgMerger has no correct result ({mz['status']}).")
     others = [
         f"{r['contender']} {r['total'] / tw['total']:.1f}x"
         for (w, c), r in by.items()
-        if w == main and c not in ("tilewise", "monai_zarr") and r["status"] == "ok"
+        if w == main
+        and c not in ("tilewise", "monai_zarr", "tilewise_zstd")
+        and r["status"] == "ok"
     ]
     if others:
         out.append("- other peers (peer time / tilewise time): " + ", ".join(others) + ".")
