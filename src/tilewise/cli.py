@@ -823,7 +823,10 @@ int64, and the report's numbers as attributes."""
     help="Labels in this band inside each window become --ignore; only the core is counted.",
 )
 @click.option(
-    "--ignore", default="-1", show_default=True, help="The 'not labelled' value (or nan)."
+    "--ignore",
+    default="auto",
+    show_default=True,
+    help="The 'not labelled' value, or nan; auto: -1 for integer labels, nan for float labels.",
 )
 @click.option(
     "--min-labeled",
@@ -865,7 +868,7 @@ def sample(
     int
         The exit code.
     """
-    ignore_value = _number(ignore, "--ignore")
+    ignore_value = None if ignore == "auto" else _number(ignore, "--ignore")
     min_value = _number(min_labeled, "--min-labeled")
     if not overwrite and not _is_url(output) and os.path.exists(output):
         raise CliError(
@@ -889,6 +892,8 @@ def sample(
             ignore=ignore_value,
             min_labeled=min_value,
         )
+    if ignore_value is None:  # auto: as clean resolved it
+        ignore_value = math.nan if np.issubdtype(np.dtype(labels.dtype), np.floating) else -1
     lab = np.asarray(result.labels)
     if "c" not in labels.stored_axes and lab.ndim == tiling.ndim + 2 and lab.shape[1] == 1:
         lab = lab[:, 0]  # the file has no channel axis: neither do the windows
