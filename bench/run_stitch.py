@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import subprocess
@@ -286,7 +287,57 @@ def markdown(results: dict) -> str:
                 )
                 + " |"
             )
+    lines.append("")
+    lines.append("Targets (tilewise_stream, the streaming path inference uses):")
+    lines.append("")
+    lines.extend(targets(results))
     return "\n".join(lines) + "\n"
+
+
+def targets(results: dict) -> list[str]:
+    """The suite's targets, judged from this run: faster than every peer (at least 2x the
+    fastest on b), within 3x of the bandwidth bound, and tilewise's added memory at most the
+    output + one batch (input and output windows) + 10 %."""
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "**NOT met**"
+
+    out = []
+    for name, wl in results["workloads"].items():
+        rows = {r["contender"]: summarise(r, wl["bound_s"]) for r in wl["records"]}
+        tw = rows.get("tilewise_stream")
+        if not tw or tw["status"] != "ok":
+            out.append(f"- {name}: tilewise_stream has no correct result.")
+            continue
+        parts = []
+        peers = [r for c, r in rows.items() if not c.startswith("tilewise") and r["status"] == "ok"]
+        if peers:
+            fastest = min(peers, key=lambda r: r["best"])
+            speedup = fastest["best"] / tw["best"]
+            ok = speedup >= 2.0 if name == "b" else speedup > 1.0
+            parts.append(
+                f"fastest peer {fastest['contender']} {_s(fastest['best'])} s / tilewise "
+                f"{_s(tw['best'])} s = {speedup:.2f}x (target {'>= 2x' if name == 'b' else '> 1x'}"
+                f": {mark(ok)})"
+            )
+        if tw.get("ratio"):
+            parts.append(f"{tw['ratio']:.1f}x the bound (target <= 3x: {mark(tw['ratio'] <= 3)})")
+        wk = wls.get(name, results["quick"])
+        win_in = wk.batch * math.prod(wk.window) * wk.shape[1] * 4
+        win_out = win_in * wls.C_OUT // wk.shape[1]
+        need = wl["bytes"]["output_fresh"] + win_in + win_out
+        # the suite's model, torch.cat([2 * x, 2 * x], 1), makes two input-sized temporaries
+        # besides its output, and the loop still holds the previous output while it runs
+        model = 2 * win_in + win_out
+        added = tw.get("added") or 0
+        parts.append(
+            f"added memory {added / MIB:.0f} MiB vs output + one batch {need / MIB:.0f} MiB "
+            f"+ 10 % ({added / need:.2f}x: {mark(added <= 1.1 * need)}; counting the model's "
+            f"own {model / MIB:.0f} MiB of temporaries and previous output, "
+            f"{added / (need + model):.2f}x: {mark(added <= 1.1 * (need + model))})"
+        )
+        out.append(f"- {name}: " + "; ".join(parts) + ".")
+    return out
 
 
 def update_readme(text: str) -> None:
