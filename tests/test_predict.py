@@ -127,7 +127,7 @@ def test_uint8_output_refuses_values_that_are_not_probabilities():
         tw.predict(lambda z: torch.cat([z, 2 * z - 1], 1), x, T3, out_dtype="uint8")
 
 
-def test_nonfinite_outputs_raise_with_position_or_are_refilled():
+def test_nonfinite_outputs_raise_with_position_or_are_refilled(tmp_path):
     x = torch.rand(1, 1, 40, 40)
     t = tw.Tiling((40, 40), window=16, step=8)
 
@@ -139,6 +139,8 @@ def test_nonfinite_outputs_raise_with_position_or_are_refilled():
 
     with pytest.raises(tw.NonFiniteError, match=r"window 5 at start \(8, 8\)"):
         tw.predict(model, x, t, batch_size=2)
+    with pytest.raises(tw.NonFiniteError, match=r"window 5 at start \(8, 8\)"):  # block by block
+        tw.predict(model, x, t, batch_size=2, out=tmp_path / "o.zarr", chunks=(8, 8))
     y = tw.predict(model, x, t, batch_size=2, on_nonfinite="drop", blend=tw.blend.hann())
     torch.testing.assert_close(y, x)
 

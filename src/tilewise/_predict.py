@@ -567,12 +567,19 @@ class _Runner:
         ],
         progress: _Progress,
         wanted: Callable[[int], bool] | None = None,
+        check: bool | None = None,
     ) -> None:
         """Run the model on the batches of grid box ``[box_lo, box_hi)`` of image ``n`` and hand
         each batch's outputs to ``sink(j, flat indices, outputs, non-finite windows)``.
 
-        A reader thread prepares the next batch while the model runs on this one.
+        A reader thread prepares the next batch while the model runs on this one. Outputs are
+        checked for NaN/Inf batch by batch (``check``; default: only with
+        ``on_nonfinite='drop'``, which needs to know the windows to leave out). Otherwise one
+        reduction over each finished result finds them, and :meth:`finish` then reruns the
+        windows that feed the first bad voxel to name the culprit.
         """
+        if check is None:
+            check = self.on_nonfinite == "drop"
         per = len(self.layout.in_tiling)
         with ThreadPoolExecutor(max_workers=1) as pool:
             it = self.batches(n, box_lo, box_hi, wanted)
@@ -587,7 +594,27 @@ class _Runner:
                 outs = self._call(x)
                 self.windows_run += len(local)
                 progress.update(len(local))
-                sink(j, local, outs, self._check(outs, local + n * per))
+                sink(j, local, outs, self._check(outs, local + n * per) if check else None)
+                del x, outs  # not held while the model makes the next batch's outputs
+
+    def finish(self, st: Stitcher, drop: Stitcher | None, where: str, n: int) -> torch.Tensor:
+        """A stitched result (of image ``n`` for a block's stitcher), non-finite values refused:
+        the windows feeding the first bad voxel are run again to name the one at fault."""
+        try:
+            return _finish(st, drop, where)
+        except NonFiniteError:
+            if drop is not None or st._out is None:
+                raise
+            acc = st._out
+            bad = torch.nonzero(~torch.isfinite(acc))[0].tolist()
+            voxel = tuple(v + a for v, (a, _) in zip(bad[2:], st.region, strict=True))
+            image = n if st.n == 1 else bad[0]
+            grid = [st.tiling.grid_index(i) for i in st._contributors(voxel)]
+            if grid:
+                lo = tuple(min(g[ax] for g in grid) for ax in range(st.tiling.ndim))
+                hi = tuple(max(g[ax] for g in grid) + 1 for ax in range(st.tiling.ndim))
+                self.run_box(image, lo, hi, _ignore, _Progress(0, False), check=True)
+            raise  # the rerun found nothing (a sum overflowed, or the model is not deterministic)
 
     def _check(
         self, outs: list[tuple[str | None, torch.Tensor]], idx: np.ndarray
@@ -622,6 +649,10 @@ class _null:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def _ignore(*args: Any) -> None:
+    return None
 
 
 def _next(it: Iterator[Any]) -> Any:
@@ -1036,7 +1067,7 @@ def _in_memory(
         runner.run_box(n, (0,) * len(counts), counts, sink, bar)
     results = {}
     for i, (h, st) in enumerate(zip(lay.heads, stitchers, strict=True)):
-        acc = _finish(st, drops[i] if drops else None, "the array")
+        acc = runner.finish(st, drops[i] if drops else None, "the array", 0)
         if out_dtype != "float32":
             acc = torch.from_numpy(convert_block(acc, out_dtype, threshold))
         results[h.name] = acc.cpu()
@@ -1166,7 +1197,7 @@ def _run_row(
                 del open_[i]
                 stored = {
                     h.name: convert_block(
-                        _finish(st, drops[k] if drops else None, f"block {b.key}"),
+                        runner.finish(st, drops[k] if drops else None, f"block {b.key}", b.n),
                         out_dtype,
                         threshold,
                     )
