@@ -1,6 +1,6 @@
 """Scaling of tw.predict on dask.distributed: one process vs a LocalCluster of 1 and 2 workers.
 
-Run: .venv-bench/bin/python bench/run_dask.py [--shape 1,1,512,1024,1024] [--workers 1,2]
+Run: .venv/bin/python bench/run_dask.py [--shape 1,1,512,1024,1024] [--workers 1,2]
 The default is the out-of-core benchmark's workload; its input is reused from
 ``bench/run_ooc.py``'s data directory when present. Prints one line per configuration: wall
 time, rows (dask tasks), blocks, window runs, seconds per row.
