@@ -75,6 +75,17 @@ def test_distributed_equals_single_process(client, volume, reference, tmp_path):
     assert again.blocks_skipped == 27  # nothing is written twice
 
 
+def test_workers_with_several_threads_give_the_same_result(volume, reference, tmp_path):
+    _, path = volume
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=4, processes=False, dashboard_address=":0"
+    )
+    with distributed.Client(cluster) as threaded:
+        out = tw.predict(conv3d(), path, T, out=tmp_path / "o.zarr", client=threaded, **SMALL)
+        np.testing.assert_array_equal(out[:], reference)  # rows at once share one model
+    cluster.close()
+
+
 def test_models_travel_as_files_and_objects(client, volume, reference, tmp_path):
     _, path = volume
     exported = tmp_path / "net.pt2"
@@ -132,9 +143,10 @@ def test_a_failed_run_resumes_to_the_same_result(client, volume, reference, tmp_
     out = tmp_path / "o.zarr"
     with pytest.raises(RuntimeError, match="simulated failure"):
         tw.predict(Exploding(50.0), path, T, out=out, client=client, **SMALL)
-    time.sleep(0.5)  # a block already running when the run failed may still finish
-    finished = len(os.listdir(out / ".tilewise" / "done"))
-    assert 0 < finished < 27
+    finished = len(os.listdir(out / ".tilewise" / "done"))  # rows running at the failure
+    assert 0 < finished < 27  # were waited for: nothing of that run is written after it
+    time.sleep(1.0)
+    assert len(os.listdir(out / ".tilewise" / "done")) == finished
     info = tw.predict(Exploding(1000.0), path, T, out=out, client=client, return_info=True, **SMALL)
     assert info.blocks_skipped == finished
     expected = tw.predict(conv3d(), path, T, out=tmp_path / "ref2.zarr", **SMALL)[:]

@@ -302,6 +302,64 @@ def test_empty_chunks_are_not_stored_and_the_codec_is_chosen(tmp_path):
     np.testing.assert_array_equal(plain[:], out[:])
 
 
+def test_a_resumed_block_rewrites_chunks_a_broken_write_left(tmp_path):
+    x = volume()
+    x[:, :, :16] = 0  # empty chunks there: not stored
+
+    def model(z):
+        return torch.cat([z, 2 * z], 1)
+
+    out = tmp_path / "o.zarr"
+    ref = tw.predict(model, x, T3, out=out, **SMALL)[:]
+    z = zarr.open_array(out, mode="r+")
+    z[0, :, 0:8, 0:8, 0:8] = 7.0  # a write of block 0 that was cut short, then the crash
+    (out / ".tilewise" / "done" / "0_0-16_0-16_0-16").unlink()
+    again = tw.predict(model, x, T3, out=out, return_info=True, **SMALL)
+    assert again.blocks_skipped == 26
+    np.testing.assert_array_equal(again.output[:], ref)
+
+
+def test_a_broken_run_record_is_refused_and_the_lock_released(tmp_path):
+    x = volume()
+    out = tmp_path / "o.zarr"
+    tw.predict(lambda z: z, x, T3, out=out, **SMALL)
+    (out / ".tilewise" / "run.json").write_text('{"tiling": ')
+    with pytest.raises(tw.ResumeMismatchError, match="unreadable"):
+        tw.predict(lambda z: z, x, T3, out=out, **SMALL)
+    tw.predict(lambda z: z, x, T3, out=out, overwrite=True, **SMALL)  # not locked by us
+
+
+def test_an_output_path_that_is_a_file_is_refused(tmp_path):
+    x = volume()
+    (tmp_path / "o.zarr").write_text("not a store")
+    for overwrite in (False, True):
+        with pytest.raises(tw.ParameterError, match="which is a file"):
+            tw.predict(lambda z: z, x, T3, out=tmp_path / "o.zarr", overwrite=overwrite, **SMALL)
+
+
+GLOBAL_NET = conv_net(3)
+
+
+def global_model(z):
+    return GLOBAL_NET(z)
+
+
+def test_models_with_buffers_and_weights_reached_by_name_are_fingerprinted(tmp_path):
+    x = volume()
+    bn = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.BatchNorm3d(2)).eval()
+    tw.predict(bn, x, T3, out=tmp_path / "bn.zarr", **SMALL)  # a 0-dim buffer in the weights
+    out = tmp_path / "o.zarr"
+    tw.predict(global_model, x, T3, out=out, **SMALL)
+    with torch.no_grad():
+        GLOBAL_NET[0].bias.add_(1.0)
+    try:
+        with pytest.raises(tw.ResumeMismatchError, match="model"):
+            tw.predict(global_model, x, T3, out=out, **SMALL)
+    finally:
+        with torch.no_grad():
+            GLOBAL_NET[0].bias.sub_(1.0)
+
+
 def test_reading_a_zarr_path_and_writing_argmax(tmp_path):
     x = volume()
     src = zarr.create_array(

@@ -71,6 +71,7 @@ _lock = threading.Lock()
 _depth = 0
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -84,7 +85,7 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def _tuned_by_user() -> bool:
-    return any(
+    return "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or any(
         k in os.environ
         for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
     )
@@ -103,8 +104,8 @@ def reuse_freed_memory() -> Iterator[None]:
     :func:`release_freed_memory` after each written block, so resident memory stays bounded.
     On leaving, the settings become those glibc's adaptive ones end up at (mmap 32 MiB, trim
     64 MiB, arenas per core) and the free heap is returned to the system. Nothing is changed
-    when ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_ARENA_MAX`` is set
-    (the user's own tuning) or the C library is not glibc.
+    when ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_ARENA_MAX`` or a
+    ``glibc.malloc`` tunable is set (the user's own tuning) or the C library is not glibc.
 
     >>> with reuse_freed_memory():
     ...     x = torch.ones(1 << 20).sum()

@@ -16,6 +16,7 @@ per worker process, not once per task.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any
 
 from tilewise._errors import ParameterError, message
@@ -91,7 +92,7 @@ def run_rows(
             # rows already running cannot be stopped: let them finish before the lock is
             # released, so that no task of this run writes into a run started after it
             with contextlib.suppress(BaseException):  # a second Ctrl-C stops waiting
-                distributed.wait(futures)
+                _wait_for_running(client, f"tilewise-row-{job.token}-")
             raise
         return run
     finally:
@@ -100,3 +101,19 @@ def run_rows(
             own.close()
             if cluster_obj is not None:
                 cluster_obj.close()
+
+
+def _running_rows(prefix: str, dask_worker: Any = None) -> list[str]:
+    """Keys of this run's tasks still running on a worker, cancelled ones included."""
+    state = getattr(dask_worker, "state", None)
+    tasks = set(getattr(state, "executing", ())) | set(getattr(state, "long_running", ()))
+    return [str(ts.key) for ts in tasks if str(ts.key).startswith(prefix)]
+
+
+def _wait_for_running(client: Any, prefix: str, timeout: float = 3600.0) -> None:
+    """Wait until no worker runs a task of this run (cancelling does not stop a running one)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(client.run(_running_rows, prefix).values()):
+            return
+        time.sleep(0.2)

@@ -339,7 +339,6 @@ class _Runner:
         self.seconds_model = 0.0
         self.windows_run = 0
         self.pin = device.type == "cuda"
-        self._bufs: list[torch.Tensor] = []
         self.layout = self._probe()
 
     def accumulate_on(self, nbytes: int) -> torch.device:
@@ -475,12 +474,12 @@ class _Runner:
         return x, lo
 
     def _buffers(self) -> list[torch.Tensor]:
-        """The two batch buffers, made once per run (pinned when the model is on a GPU)."""
-        if not self._bufs:
-            shape = (self.batch_size, self.shape[1], *self.layout.in_tiling.window)
-            dtype = self._input_dtype()
-            self._bufs = [torch.empty(shape, dtype=dtype, pin_memory=self.pin) for _ in range(2)]
-        return self._bufs
+        """Two batch buffers (pinned when the model is on a GPU), made for each sweep: sweeps
+        may run at once in one process (dask workers with several threads, or the rerun that
+        names a non-finite window while a sweep's reader is still busy)."""
+        shape = (self.batch_size, self.shape[1], *self.layout.in_tiling.window)
+        dtype = self._input_dtype()
+        return [torch.empty(shape, dtype=dtype, pin_memory=self.pin) for _ in range(2)]
 
     def batches(
         self,
@@ -506,8 +505,10 @@ class _Runner:
         )
         box_v_lo = [int(starts[ax][box_lo[ax]]) for ax in range(t.ndim)]
         box_v_hi = [int(starts[ax][box_hi[ax] - 1]) + t.window[ax] for ax in range(t.ndim)]
+        # (tensor, origin, lo, hi): the whole box for in-memory sources, else the last line read
         region: tuple[torch.Tensor, list[int], list[int], list[int]] | None = None
-        whole = self._region(n, box_v_lo, box_v_hi) if in_memory else (torch.empty(0), [])
+        if in_memory:
+            region = (*self._region(n, box_v_lo, box_v_hi), box_v_lo, box_v_hi)
         counts = tuple(b - a for a, b in zip(box_lo, box_hi, strict=True))
         grid = (1, *counts)
         total = math.prod(counts)
@@ -540,9 +541,11 @@ class _Runner:
                         a < c or b > d
                         for a, b, c, d in zip(lo, hi, region[2], region[3], strict=True)
                     ):
-                        region = None  # free the old region before reading the next
+                        del region  # free the old region before reading the next
                         region = (*self._region(n, lo, hi), lo, hi)
-                x, origin = whole if region is None else region[:2]
+                if region is None:  # pragma: no cover - every branch above sets it
+                    raise RuntimeError("no input region")
+                x, origin = region[0], region[1]
                 size = tuple(b - a for a, b in zip(glo, ghi, strict=True))
                 count = math.prod(size)
                 block = buf[pos : pos + count].view(*size, x.shape[1], *t.window)
@@ -1229,6 +1232,7 @@ class _Job:
     threshold: float
     outputs: tuple[tuple[str | None, str, tuple[int, ...], str, tuple[int, ...], Any, bool], ...]
     compressors: Any = "auto"
+    rewrite_zeros: bool = False  # a resumed output may hold chunks of unfinished blocks
 
 
 def _open_outputs(job: _Job) -> dict[str | None, Any]:
@@ -1294,9 +1298,7 @@ def run_job_row(job: _Job, row: tuple[Block, ...]) -> tuple[str, int]:
     before = runner.windows_run
 
     def finished(b: Block, stored: dict[str | None, np.ndarray]) -> None:
-        _write_block(arrays, b, stored)
-        journal.mark(b)  # only after its data are written
-        release_freed_memory()
+        _store_block(arrays, journal, b, stored, job.rewrite_zeros)
 
     _run_row(runner, row, live, finished, job.out_dtype, job.threshold, _Progress(0, False))
     return row[0].key, runner.windows_run - before
@@ -1383,6 +1385,7 @@ def _to_zarr(
     journal = Journal(job.out, settings)
     journal.open(fresh=overwrite)  # the lock comes first: overwrite empties under it
     try:
+        job = dataclasses.replace(job, rewrite_zeros=journal.resumed)
         arrays = _open_outputs(job)
         done = journal.done()
         skipped = sum(b.key in done for b in blist)
@@ -1394,7 +1397,9 @@ def _to_zarr(
         }
         bar.total = sum(work.values())
         if client is None and cluster is None:
-            _run_rows_here(runner, todo, arrays, journal, job.out_dtype, job.threshold, bar)
+            _run_rows_here(
+                runner, todo, arrays, journal, job.out_dtype, job.threshold, bar, job.rewrite_zeros
+            )
         else:
             from tilewise._distributed import run_rows  # dask is an optional extra
 
@@ -1448,27 +1453,39 @@ def _feed_model(h: Any, model: Any, depth: int) -> None:
         for k, v in model.state_dict().items():
             h.update(k.encode())
             if isinstance(v, torch.Tensor):
-                h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                data = v.detach().cpu().contiguous().reshape(-1)  # 0-dim buffers too
+                h.update(data.view(torch.uint8).numpy().tobytes())
         return
     code = getattr(model, "__code__", None)
     if code is not None:
         h.update(code.co_code)
         h.update(repr(code.co_consts).encode())
+    used: list[Any] = []
     for cell in getattr(model, "__closure__", None) or ():
         with contextlib.suppress(ValueError):  # an empty cell
-            value = cell.cell_contents
-            if depth < 3 and (isinstance(value, torch.nn.Module) or callable(value)):
-                _feed_model(h, value, depth + 1)
-            elif isinstance(value, int | float | str | bool):
-                h.update(repr(value).encode())
+            used.append(cell.cell_contents)
+    if code is not None:  # the modules and functions it calls by global name
+        names = getattr(model, "__globals__", {})
+        used += [names[k] for k in code.co_names if k in names]
+    elif hasattr(model, "__dict__"):  # a callable object: the modules it holds
+        used += list(vars(model).values())
+    for value in used:
+        if depth < 3 and (isinstance(value, torch.nn.Module) or hasattr(value, "__code__")):
+            _feed_model(h, value, depth + 1)
+        elif isinstance(value, int | float | str | bool):
+            h.update(repr(value).encode())
 
 
 def _source_digest(src: Any) -> str:
     """Where the input comes from (a fingerprint: paths and URLs are not stored as such)."""
     info = _info_of(src)
     where = getattr(info, "source", None) if info is not None else None
-    if not where and hasattr(src, "store_path"):
+    if not where and hasattr(src, "store_path"):  # a zarr array
         where = str(src.store_path)
+    if not where and hasattr(src, "file") and hasattr(src, "name"):  # an h5py dataset
+        where = f"{getattr(src.file, 'filename', '')}:{src.name}"
+    if not where and isinstance(getattr(src, "filename", None), str):  # a numpy memmap
+        where = f"{src.filename}@{getattr(src, 'offset', 0)}"
     if not where:
         return "in memory"
     if not is_url(str(where)):
@@ -1505,9 +1522,29 @@ def _refuse_same_store(out: str, src: Any) -> None:
         )
 
 
-def _write_block(arrays: dict[str | None, Any], b: Block, stored: dict[str | None, Any]) -> None:
+def _store_block(
+    arrays: dict[str | None, Any],
+    journal: Journal,
+    b: Block,
+    stored: dict[str | None, Any],
+    rewrite_zeros: bool,
+) -> None:
+    """Write a finished block, then journal it, then return the memory its work left free."""
+    _write_block(arrays, b, stored, rewrite_zeros)
+    journal.mark(b)  # only after its data are written
+    release_freed_memory()
+
+
+def _write_block(
+    arrays: dict[str | None, Any],
+    b: Block,
+    stored: dict[str | None, Any],
+    rewrite_zeros: bool = False,
+) -> None:
     """Write a block chunk by chunk (a store copies and encodes what it is given at once),
-    leaving out chunks that are all zero, the fill value: they read back as zero."""
+    leaving out chunks that are all zero, the fill value: they read back as zero. A resumed
+    output may hold such a chunk from an interrupted write of this block: ``rewrite_zeros``
+    writes them too."""
     for name, values in stored.items():
         arr = arrays[name]
         chunks = tuple(getattr(arr, "chunks", values.shape))[2:]
@@ -1521,8 +1558,8 @@ def _write_block(arrays: dict[str | None, Any], b: Block, stored: dict[str | Non
                 slice(a - lo, z - lo) for (a, z), (lo, _) in zip(box, b.region, strict=True)
             )
             chunk = values[(slice(None), slice(None), *src)]
-            if chunk.view(f"u{chunk.dtype.itemsize}").max(initial=0):  # not all +0: store it
-                arr[(slice(b.n, b.n + 1), slice(None), *dst)] = chunk
+            if rewrite_zeros or chunk.view(f"u{chunk.dtype.itemsize}").max(initial=0):
+                arr[(slice(b.n, b.n + 1), slice(None), *dst)] = chunk  # not all +0: store it
 
 
 def _run_rows_here(
@@ -1533,29 +1570,30 @@ def _run_rows_here(
     out_dtype: str,
     threshold: float,
     bar: _Progress,
+    rewrite_zeros: bool,
 ) -> None:
     """Rows one after another; each finished block is written (and journalled) by a writer
     thread while the sweep goes on, so storage and compression overlap the model."""
 
-    def write(b: Block, stored: dict[str | None, Any]) -> None:
-        _write_block(arrays, b, stored)
-        journal.mark(b)  # only after its data are written
-        release_freed_memory()  # what the block's work left free goes back to the system
-
     with ThreadPoolExecutor(max_workers=1) as writer:
-        pending: list[Future[None]] = []
+        pending: Future[None] | None = None
 
         def finished(b: Block, stored: dict[str | None, np.ndarray]) -> None:
-            while pending:  # at most one block waits to be written
-                pending.pop().result()
-            pending.append(writer.submit(write, b, stored))
+            nonlocal pending
+            if pending is not None:  # at most one block waits to be written
+                pending.result()
+            pending = writer.submit(_store_block, arrays, journal, b, stored, rewrite_zeros)
 
         try:
             for row, live in todo:
                 _run_row(runner, row, live, finished, out_dtype, threshold, bar)
-        finally:
-            for f in pending:
-                f.result()
+        except BaseException:
+            if pending is not None:  # finish the last write, but report the first error
+                with contextlib.suppress(Exception):
+                    pending.result()
+            raise
+        if pending is not None:
+            pending.result()
 
 
 # -- planning --------------------------------------------------------------------------------------
@@ -1672,6 +1710,8 @@ def plan(
         host = result + batch_host + math.prod(tiling.shape) * channels * (itemsize + 4)
     suggestion = None
     if budget_bytes is not None:
+        if isinstance(budget_bytes, float) and float(budget_bytes).is_integer():
+            budget_bytes = int(budget_bytes)  # e.g. 8e9
         if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int | np.integer):
             raise ParameterTypeError(
                 message(

@@ -311,6 +311,7 @@ class Journal:
         self.settings = json.loads(json.dumps(settings, default=str))
         self._locked = False
         self._fd: int | None = None
+        self.resumed = False  # whether open() found a run's record: resuming, not starting
 
     def open(self, *, fresh: bool = False) -> None:
         """Take the lock, then check (or record) the run's settings.
@@ -320,45 +321,74 @@ class Journal:
         something else) is refused: nothing there is overwritten by accident.
         """
         run = self.files.path(".tilewise", "run.json")
+        if not self.files.remote and os.path.isfile(self.files.base):
+            raise ParameterError(
+                message(
+                    "out",
+                    expected="a directory for the zarr output (new, or one to resume)",
+                    received=f"{self.files.base!r}, which is a file",
+                    fix="delete the file or write to another path",
+                )
+            )
         if not fresh and not self.files.exists(run):
             found = sorted(self.files.names(self.files.base) - {".tilewise"})
-            if found or (not self.files.remote and os.path.isfile(self.files.base)):
+            if found:
                 shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
                 raise ParameterError(
                     message(
                         "out",
                         expected="a new output, or one a tilewise run started (to resume it)",
                         received=f"{self.files.base!r}, which holds data no tilewise run "
-                        f"recorded ({shown or 'a file'})",
+                        f"recorded ({shown})",
                         fix="pass overwrite=True to replace it, or write to a new path",
                     )
                 )
         self.files.makedirs(self.done_dir)
         self._lock()
+        try:
+            self.resumed = not fresh and self.files.exists(run)
+            self._record(run, fresh)
+        except BaseException:
+            self.close()  # whatever went wrong, the lock is not left held
+            raise
+
+    def _record(self, run: str, fresh: bool) -> None:
+        """Under the lock: empty the output if asked, then check or record the settings."""
         if fresh:
             self.files.clear(keep=self.files.path(".tilewise", "lock"))
             self.files.makedirs(self.done_dir)
         marker = self.files.path(".tilewise", "zarr.json")
         if not self.files.exists(marker):  # a zarr group, so that listing the output's members
             self.files.write(marker, _JOURNAL_NODE)  # finds a node here, not stray files
-        if self.files.exists(run):
-            old = json.loads(self.files.read(run))
-            if old != self.settings:
-                diff = sorted(
-                    k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k)
-                )
-                self.close()
-                raise ResumeMismatchError(
-                    message(
-                        "out",
-                        expected="the settings the existing output was started with",
-                        received=f"different {', '.join(diff)}",
-                        fix="rerun with the same arguments to resume, or pass overwrite=True "
-                        "(or a new output path) to start again",
-                    )
-                )
-        else:
+        if not self.files.exists(run):
             self.files.write(run, json.dumps(self.settings, sort_keys=True, indent=1))
+            return
+        try:
+            old = json.loads(self.files.read(run))
+        except ValueError:
+            old = None
+        if not isinstance(old, dict):
+            raise ResumeMismatchError(
+                message(
+                    "out",
+                    expected="the record of the run that started this output",
+                    received=f"an unreadable {run}",
+                    fix="pass overwrite=True (or a new output path) to start again",
+                )
+            )
+        if old != self.settings:
+            diff = sorted(
+                k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k)
+            )
+            raise ResumeMismatchError(
+                message(
+                    "out",
+                    expected="the settings the existing output was started with",
+                    received=f"different {', '.join(diff)}",
+                    fix="rerun with the same arguments to resume, or pass overwrite=True "
+                    "(or a new output path) to start again",
+                )
+            )
 
     def _lock(self) -> None:
         if self.files.remote:
@@ -401,8 +431,12 @@ class Journal:
             if other.get("host") not in (None, socket.gethostname()):
                 os.close(fd)  # a writer on another host sharing this file system: cannot tell
                 raise self._refuse(other, lock)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, _me().encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, _me().encode(), 0)
+            except OSError:
+                os.close(fd)
+                raise
             self._fd = fd
             self._locked = True
             return
