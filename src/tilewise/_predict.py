@@ -21,6 +21,7 @@ import itertools
 import math
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -339,6 +340,8 @@ class _Runner:
         self.seconds_model = 0.0
         self.windows_run = 0
         self.pin = device.type == "cuda"
+        self._spare: list[list[torch.Tensor]] = []  # batch buffer pairs not lent out
+        self._spare_lock = threading.Lock()
         self.layout = self._probe()
 
     def accumulate_on(self, nbytes: int) -> torch.device:
@@ -473,20 +476,31 @@ class _Runner:
             x = x.float()
         return x, lo
 
-    def _buffers(self) -> list[torch.Tensor]:
-        """Two batch buffers (pinned when the model is on a GPU), made for each sweep: sweeps
-        may run at once in one process (dask workers with several threads, or the rerun that
-        names a non-finite window while a sweep's reader is still busy)."""
-        shape = (self.batch_size, self.shape[1], *self.layout.in_tiling.window)
-        dtype = self._input_dtype()
-        return [torch.empty(shape, dtype=dtype, pin_memory=self.pin) for _ in range(2)]
+    @contextlib.contextmanager
+    def _buffers(self) -> Iterator[list[torch.Tensor]]:
+        """Two batch buffers (pinned when the model is on a GPU) lent to one sweep. Sweeps may
+        run at once in one process (dask workers with several threads, or the rerun that names
+        a non-finite window while a sweep's reader is still busy): each gets its own pair, and
+        returned pairs are lent again rather than allocated anew."""
+        with self._spare_lock:
+            bufs = self._spare.pop() if self._spare else None
+        if bufs is None:
+            shape = (self.batch_size, self.shape[1], *self.layout.in_tiling.window)
+            dtype = self._input_dtype()
+            bufs = [torch.empty(shape, dtype=dtype, pin_memory=self.pin) for _ in range(2)]
+        try:
+            yield bufs
+        finally:
+            with self._spare_lock:
+                self._spare.append(bufs)
 
     def batches(
         self,
         n: int,
         box_lo: tuple[int, ...],
         box_hi: tuple[int, ...],
-        wanted: Callable[[int], bool] | None = None,
+        wanted: Callable[[int], bool] | None,
+        bufs: list[torch.Tensor],
     ) -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
         """Input batches ``(j, flat indices, windows)`` of grid box ``[box_lo, box_hi)`` of image
         ``n``: ``batch_size`` windows at a time in C order, batch ``j`` only if ``wanted(j)``.
@@ -512,7 +526,6 @@ class _Runner:
         counts = tuple(b - a for a, b in zip(box_lo, box_hi, strict=True))
         grid = (1, *counts)
         total = math.prod(counts)
-        bufs = self._buffers()
         produced = 0
         for j, start in enumerate(range(0, total, self.batch_size)):
             if wanted is not None and not wanted(j):
@@ -584,8 +597,8 @@ class _Runner:
         if check is None:
             check = self.on_nonfinite == "drop"
         per = len(self.layout.in_tiling)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            it = self.batches(n, box_lo, box_hi, wanted)
+        with self._buffers() as bufs, ThreadPoolExecutor(max_workers=1) as pool:
+            it = self.batches(n, box_lo, box_hi, wanted, bufs)
             nxt: Future[Any] | None = pool.submit(_next, it)
             while nxt is not None:
                 item = nxt.result()
