@@ -1188,7 +1188,10 @@ def _run_row(
     still reach them."""
     lay = runner.layout
     rp = _row_plan(lay.out_tilings[0], runner.blend, runner.batch_size, row)
-    nbytes = sum(h.channels * math.prod(row[0].shape) * 4 for h in lay.heads)
+    # the blocks open at once: those a window's depth spans, and one finished being written
+    depth, window = row[0].shape[0], lay.out_tilings[0].window[0]
+    opened = min(len(row), math.ceil(window / depth) + 1) + 1
+    nbytes = opened * sum(h.channels * math.prod(row[0].shape) * 4 for h in lay.heads)
     dev = runner.accumulate_on(nbytes)
     open_: dict[int, tuple[list[Stitcher], list[Stitcher] | None]] = {}
 
