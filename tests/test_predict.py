@@ -259,6 +259,25 @@ def test_zarr_output_equals_in_memory(tmp_path):
     assert reopened.shape == (2, 2, 40, 44, 36)
 
 
+@pytest.mark.parametrize("pad_mode", ["reflect", "replicate"])
+def test_lazy_sources_with_a_crop_margin_equal_in_memory(tmp_path, pad_mode):
+    # valid convolutions read each window with a margin padded around the volume: the lazy
+    # sources are read a slab at a time along the first axis, chunked or not
+    x = volume((2, 1, 37, 30, 23), seed=3)
+    net = conv_net(3, padding=0)  # a crop of 2 per side
+    t = tw.Tiling((37, 30, 23), window=14, step=9)
+    mem = tw.predict(net, x, t, pad_mode=pad_mode)
+    z = zarr.create_array(tmp_path / "x.zarr", shape=x.shape, chunks=(1, 1, 5, 7, 23), dtype="f4")
+    z[:] = x.numpy()
+    np.save(tmp_path / "x.npy", x.numpy())
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    for src in (z, mm):
+        got = tw.predict(
+            net, src, t, pad_mode=pad_mode, out=tmp_path / "o.zarr", overwrite=True, **SMALL
+        )
+        torch.testing.assert_close(torch.from_numpy(got[:]), mem, rtol=0, atol=2e-6)
+
+
 def test_a_row_runs_each_of_its_windows_once(tmp_path):
     x = volume()
     rows = {"chunks": (8, 8, 8), "block": (8, 48, 40)}  # one row: the whole cross-section

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from tilewise._alloc import release_freed_memory, reusing_freed_memory
-from tilewise._arrays import is_array_like, read_region, shape_of
+from tilewise._arrays import is_array_like, shape_of
 from tilewise._errors import (
     NonFiniteError,
     ParameterError,
@@ -56,6 +56,7 @@ from tilewise._sink import (
     stored_channels,
     stored_dtype,
 )
+from tilewise._slab import SLAB_BYTES, Slab, padded_read
 from tilewise._stitch import Stitcher, _as_device, weight_plan
 from tilewise._weights import contiguous_boxes
 from tilewise.blend import Blend, resolve, uniform
@@ -227,22 +228,6 @@ def _layout(tiling: Tiling, heads: list[_Head]) -> _Layout:
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def _read_padded(
-    source: Any, n: int, lo: Sequence[int], hi: Sequence[int], margin: Sequence[int], mode: str
-) -> np.ndarray:
-    """Region ``[lo, hi)`` of the input padded by ``margin`` (padded coordinates)."""
-    shape = shape_of(source, "source")[2:]
-    a = [max(0, p - m) for p, m in zip(lo, margin, strict=True)]
-    b = [min(s, q - m) for q, m, s in zip(hi, margin, shape, strict=True)]
-    data = read_region(source, (n, slice(None), *(slice(x, y) for x, y in zip(a, b, strict=True))))
-    pads = [(0, 0)] + [
-        (x + m - p, q - (y + m)) for p, q, x, y, m in zip(lo, hi, a, b, margin, strict=True)
-    ]
-    if any(pb or pa for pb, pa in pads):
-        return np.pad(data, pads, mode="reflect" if mode == "reflect" else "edge")
-    return data
-
-
 def _as_source(source: Any, tiling: Tiling) -> Any:
     if isinstance(source, str | os.PathLike):
         from tilewise._io import open_array  # optional readers, loaded on use
@@ -470,7 +455,7 @@ class _Runner:
         if any(b or a for b, a in t.padding):  # windows longer than the array: whole axes
             lo = [max(0, v) for v in lo]
             hi = [min(s, v) for s, v in zip(t.shape, hi, strict=True)]
-        region = _read_padded(self.source, n, lo, hi, self.layout.margin, self.pad_mode)
+        region = padded_read(self.source, n, lo, hi, self.layout.margin, self.pad_mode)
         x = torch.from_numpy(np.require(region, requirements=["C", "W"]))[None]
         if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             x = x.float()
@@ -505,11 +490,12 @@ class _Runner:
         """Input batches ``(j, flat indices, windows)`` of grid box ``[box_lo, box_hi)`` of image
         ``n``: ``batch_size`` windows at a time in C order, batch ``j`` only if ``wanted(j)``.
 
-        In-memory sources are viewed whole. Lazy ones (zarr, HDF5, memmaps, files) are read one
-        region at a time: the batch's extent on every axis but the last, the box's on the last.
-        Following batches reuse it while they fit in it, so memory holds about a row of windows
-        of the input, not a block's. Two window buffers take turns: a batch must be done with
-        before the one after next is asked for.
+        In-memory sources are viewed whole. Lazy ones (zarr, HDF5, memmaps, files) are read
+        through a :class:`~tilewise._slab.Slab`: the box's extent on every axis but the first,
+        a line of windows deep on the first, moving forward with the sweep and reading each
+        stored chunk once. (With virtual padding, one region per line of windows on the last
+        axis instead.) Two window buffers take turns: a batch must be done with before the one
+        after next is asked for.
         """
         t = self.layout.in_tiling
         starts = t.axis_starts
@@ -521,8 +507,13 @@ class _Runner:
         box_v_hi = [int(starts[ax][box_hi[ax] - 1]) + t.window[ax] for ax in range(t.ndim)]
         # (tensor, origin, lo, hi): the whole box for in-memory sources, else the last line read
         region: tuple[torch.Tensor, list[int], list[int], list[int]] | None = None
+        slab: Slab | None = None
         if in_memory:
             region = (*self._region(n, box_v_lo, box_v_hi), box_v_lo, box_v_hi)
+        elif not any(b or a for b, a in t.padding):
+            slab = Slab(
+                src, n, box_v_lo, box_v_hi, self.layout.margin, self.pad_mode, self._input_dtype()
+            )
         counts = tuple(b - a for a, b in zip(box_lo, box_hi, strict=True))
         grid = (1, *counts)
         total = math.prod(counts)
@@ -541,7 +532,12 @@ class _Runner:
             flat: list[np.ndarray] = []
             pos = 0
             for glo, ghi in boxes:
-                if not in_memory:
+                if slab is not None:
+                    rows = slab.rows(
+                        int(starts[0][glo[1]]), int(starts[0][ghi[1] - 1]) + t.window[0]
+                    )
+                    region = (*rows, [], [])
+                elif not in_memory:
                     # the box's extent on every axis but the last, the whole box's on the
                     # last: the next boxes of the same row of windows reuse it
                     lo = [int(starts[ax][glo[ax + 1]]) for ax in range(t.ndim - 1)]
@@ -1670,8 +1666,8 @@ def plan(
     CUDA device when they take under a quarter of its memory (else in host memory). Host: the
     two (pinned) input batch buffers, and the stitched result: the whole array in memory, or,
     when writing to zarr, the accumulators of the blocks a row's windows reach at once and the
-    input regions they are read from. ``budget_bytes`` (device memory for the batches) gives
-    the largest batch that fits: 0 when not even one window does.
+    slab of input the row reads its windows from. ``budget_bytes`` (device memory for the
+    batches) gives the largest batch that fits: 0 when not even one window does.
 
     >>> t = Tiling((236, 720, 510), window=128, step=108)
     >>> p = plan(t, out_channels=2, batch_size=2)
@@ -1708,15 +1704,14 @@ def plan(
         # accumulators of the blocks a window reaches, plus one waiting and one being written
         opened = min(math.ceil(tiling.shape[0] / size[0]), math.ceil(w0 / size[0]) + 1) + 2
         accum = opened * math.prod(size) * 4 * out_channels
-        # input regions (one in use, the next being read): up to two rows of windows on every
-        # axis but the last, and the row's reach on the last
-        deep = [
-            min(s, w + st)
-            for s, w, st in zip(tiling.shape, tiling.window, tiling.step, strict=True)
-        ]
-        reach = min(tiling.shape[-1], size[-1] + tiling.window[-1])
-        region = math.prod(deep[:-1]) * reach * channels * 4
-        host = accum + 2 * region + batch_host
+        # the input slab: the row's reach on every axis but the first, a window deep or, up to
+        # SLAB_BYTES, to the end of the chunk it ends in; and the piece being read into it
+        reach = [min(s, z + w) for s, z, w in zip(tiling.shape, size, tiling.window, strict=True)]
+        plane = math.prod(reach[1:]) * channels * 4
+        slab = max(w0 * plane, min(SLAB_BYTES, (w0 + ch[0] - 1) * plane))
+        slab = min(slab, tiling.shape[0] * plane)
+        piece = slab if tiling.ndim == 1 else slab * min(1.0, ch[1] / reach[1])
+        host = accum + slab + int(piece) + batch_host
         result = (opened - 2) * math.prod(size) * 4 * out_channels
     else:
         runs = n * len(tiling)

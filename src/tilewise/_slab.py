@@ -1,0 +1,219 @@
+"""The input of a sweep, read once: a slab that moves forward along the first axis.
+
+A sweep runs the windows of a box of the grid in C order, so along the first axis the windows it
+needs only move forward. Reading each line of windows on its own reads every stored chunk it
+touches whole, again for the next line (windows overlap) and again for every line the chunk
+reaches on the other axes: 10x the input for a 3-D volume with chunks the size of a window. A
+:class:`Slab` holds the box's input for the current line of windows, over the box's whole extent
+on the other axes; moving on keeps the rows the next line shares and reads only the new ones,
+rounded up to the end of the stored chunk they end in while that stays within the memory
+allowed, so a chunk is read once per sweep.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from tilewise._alloc import host_empty
+from tilewise._arrays import read_region, shape_of
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["PIECE_BYTES", "SLAB_BYTES", "Slab", "padded_read", "source_index"]
+
+PIECE_BYTES = 32 << 20  # one read's size when the source has no chunks to follow
+SLAB_BYTES = 128 << 20  # a slab rounds up to a chunk's end only while it stays this small
+
+
+def source_index(p: int, size: int, mode: str) -> int:
+    """The stored index that padded index ``p`` (``0`` = the first stored one) reads, as
+    ``np.pad`` with ``mode`` ("reflect", else "edge") would fill it.
+
+    >>> [source_index(p, 3, "reflect") for p in range(-4, 7)]
+    [0, 1, 2, 1, 0, 1, 2, 1, 0, 1, 2]
+    >>> [source_index(p, 3, "edge") for p in (-2, 0, 4)]
+    [0, 0, 2]
+    """
+    if mode != "reflect" or size == 1:
+        return min(max(p, 0), size - 1)
+    period = 2 * (size - 1)
+    r = p % period
+    return period - r if r >= size else r
+
+
+def padded_read(
+    source: Any, n: int, lo: Sequence[int], hi: Sequence[int], margin: Sequence[int], mode: str
+) -> np.ndarray:
+    """Region ``[lo, hi)`` (padded coordinates: ``margin`` voxels of padding before every axis)
+    of image ``n`` of ``source``, ``(C, *region)``, the padding filled as ``np.pad`` with
+    ``mode`` ("reflect", else "edge") fills it."""
+    shape = shape_of(source, "source")[2:]
+    a = [max(0, p - m) for p, m in zip(lo, margin, strict=True)]
+    b = [min(s, q - m) for q, m, s in zip(hi, margin, shape, strict=True)]
+    data = read_region(source, (n, slice(None), *(slice(x, y) for x, y in zip(a, b, strict=True))))
+    pads = [(0, 0)] + [
+        (x + m - p, q - (y + m)) for p, q, x, y, m in zip(lo, hi, a, b, margin, strict=True)
+    ]
+    if any(pb or pa for pb, pa in pads):
+        return np.pad(data, pads, mode="reflect" if mode == "reflect" else "edge")
+    return data
+
+
+def _spatial_chunks(source: Any, ndim: int) -> tuple[int, ...] | None:
+    chunks = getattr(source, "chunks", None)
+    if not isinstance(chunks, tuple) or len(chunks) != ndim + 2:
+        return None
+    try:
+        spatial = tuple(int(c) for c in chunks[2:])
+    except (TypeError, ValueError):
+        return None
+    return spatial if all(c > 0 for c in spatial) else None
+
+
+class Slab:
+    """Input rows of a box ``[lo, hi)`` (padded coordinates) of image ``n``, held a slab at a
+    time along the first axis: :meth:`rows` gives rows ``[a, b)``, reading only those not held
+    yet. Rows must be asked for in non-decreasing order of ``a`` for the reuse to work (any
+    order is correct). ``budget`` bounds the slab's bytes where rounding up to a chunk's end
+    would pass it (a slab always holds at least the rows asked for).
+
+    >>> src = np.arange(2 * 10 * 4, dtype=np.float32).reshape(1, 2, 10, 4)
+    >>> s = Slab(src, 0, (0, 0), (10, 4), (0, 0), "reflect", torch.float32)
+    >>> x, origin = s.rows(2, 6)
+    >>> origin, x.shape[2] >= 4, bool((x[0, :, 2 - origin[0] : 6 - origin[0]] ==
+    ...                                 torch.from_numpy(src[0, :, 2:6])).all())
+    ([2, 0], True, True)
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        n: int,
+        lo: Sequence[int],
+        hi: Sequence[int],
+        margin: Sequence[int],
+        mode: str,
+        dtype: torch.dtype,
+        budget: int = SLAB_BYTES,
+    ) -> None:
+        shape = shape_of(source, "source")
+        self.source, self.n, self.mode, self.dtype = source, n, mode, dtype
+        self.lo, self.hi, self.margin = list(lo), list(hi), list(margin)
+        self.size = shape[2:]
+        self.channels = shape[1]
+        self.chunks = _spatial_chunks(source, len(self.size))
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        self.plane = self.channels * math.prod(b - a for a, b in zip(lo[1:], hi[1:], strict=True))
+        self.plane_bytes = self.plane * itemsize
+        self.budget = budget
+        self.buf: torch.Tensor | None = None
+        self.have = (self.lo[0], self.lo[0])  # rows [a, b) held, padded coordinates
+        self.rows_read = 0  # rows read from the source (a measure of the reuse)
+
+    # -- the slab --------------------------------------------------------------------------
+    def rows(self, a: int, b: int) -> tuple[torch.Tensor, list[int]]:
+        """Rows ``[a, b)`` (padded) of the box, and at least those: ``(1, C, rows, *box)`` and
+        the padded position of its first voxel."""
+        if not self.lo[0] <= a < b <= self.hi[0]:
+            raise ValueError(f"rows [{a}, {b}) outside the box [{self.lo[0]}, {self.hi[0]})")
+        ha, hb = self.have
+        if not (ha <= a and b <= hb):
+            self._advance(a, b)
+        ha, hb = self.have
+        assert self.buf is not None
+        return self.buf[:, :, : hb - ha], [ha, *self.lo[1:]]
+
+    def _end(self, a: int, b: int) -> int:
+        """Where the slab starting at ``a`` that must reach ``b`` ends: the end of the chunk
+        ``b`` falls in, when that fits the budget."""
+        if self.chunks is None:
+            return b
+        c, m = self.chunks[0], self.margin[0]
+        real = b - m
+        if real <= 0 or real >= self.size[0]:
+            return b
+        end = min(self.hi[0], min(self.size[0], -(-real // c) * c) + m)
+        return end if (end - a) * self.plane_bytes <= self.budget else b
+
+    def _advance(self, a: int, b: int) -> None:
+        ha, hb = self.have
+        keep = hb - a if ha <= a < hb else 0  # rows [a, hb) still held
+        end = max(b, self._end(a, b))
+        need = end - a
+        old = self.buf
+        if old is None or old.shape[2] < need:
+            # room for the budget at once: pages never written take no memory, and growing
+            # later would hold the old slab and the new one together
+            rows = min(self.hi[0] - self.lo[0], max(need, self.budget // max(1, self.plane_bytes)))
+            if self.chunks is None:
+                rows = need
+            self.buf, _ = host_empty((1, self.channels, rows, *self._box()[1:]), self.dtype)
+        buf = self.buf
+        assert buf is not None
+        if keep:
+            src_row = a - ha
+            if buf is old and src_row:
+                for r in range(keep):  # forward, one plane at a time: source rows lie ahead
+                    buf[0, :, r].copy_(buf[0, :, src_row + r])
+            elif buf is not old and old is not None:
+                buf[0, :, :keep].copy_(old[0, :, src_row : src_row + keep])
+        del old
+        self.have = (a, a + keep)
+        self._read(a + keep, end)
+        self.have = (a, end)
+
+    def _box(self) -> list[int]:
+        return [b - a for a, b in zip(self.lo, self.hi, strict=True)]
+
+    # -- reading ---------------------------------------------------------------------------
+    def _read(self, r0: int, r1: int) -> None:
+        """Read rows ``[r0, r1)`` (padded) into the slab: stored rows in pieces that follow the
+        chunks of the second axis, padding rows one stored row each."""
+        if r0 >= r1:
+            return
+        m0, s0 = self.margin[0], self.size[0]
+        ra, rb = max(r0, m0), min(r1, s0 + m0)  # the rows stored as they are
+        for p in [*range(r0, min(ra, r1)), *range(max(rb, r0), r1)]:
+            q = source_index(p - m0, s0, self.mode) + m0
+            self._put(p, self._piece(q, q + 1, self.lo[1:], self.hi[1:]), self.lo[1:])
+        if ra < rb:
+            for plo, phi in self._pieces(rb - ra):
+                self._put(ra, self._piece(ra, rb, plo, phi), plo)
+        self.rows_read += r1 - r0
+
+    def _piece(self, r0: int, r1: int, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+        return padded_read(self.source, self.n, [r0, *lo], [r1, *hi], self.margin, self.mode)
+
+    def _put(self, row: int, data: np.ndarray, lo: Sequence[int]) -> None:
+        assert self.buf is not None
+        r = row - self.have[0]
+        idx: tuple[int | slice, ...] = (0, slice(None), slice(r, r + data.shape[1]))
+        idx += tuple(
+            slice(p - q, p - q + k) for p, q, k in zip(lo, self.lo[1:], data.shape[2:], strict=True)
+        )
+        np.copyto(self.buf[idx].numpy(), data, casting="unsafe")
+
+    def _pieces(self, rows: int) -> list[tuple[list[int], list[int]]]:
+        """The box's extent on every axis but the first, cut along the second axis: at the
+        source's chunk boundaries, or into reads of about :data:`PIECE_BYTES`. A box that
+        reaches into padding on the second axis is read whole there (reflection needs the
+        stored voxels next to the edge in the same read)."""
+        lo, hi = self.lo[1:], self.hi[1:]
+        if not lo:
+            return [([], [])]
+        m, s = self.margin[1], self.size[1]
+        if lo[0] < m or hi[0] > s + m:
+            return [(lo, hi)]
+        if self.chunks is not None:
+            step = self.chunks[1]
+        else:
+            line = max(1, rows * self.plane_bytes // max(1, hi[0] - lo[0]))
+            step = max(1, PIECE_BYTES // line)
+        cuts = [lo[0], *range((lo[0] - m) // step * step + step + m, hi[0], step), hi[0]]
+        return [([x, *lo[1:]], [y, *hi[1:]]) for x, y in itertools.pairwise(cuts)]
