@@ -301,6 +301,7 @@ def tilewise_predict(
         "blocks_skipped": p.blocks_skipped,
         "lib_seconds": p.seconds,
         "lib_seconds_model": p.seconds_model,
+        "lib_seconds_waiting": p.seconds_waiting,
         "note": f"tw.predict(path, out=zarr, batch_size={wl.batch}, chunks={wl.chunks[0]}^3, "
         f"default block, uniform blend{', compressors=ZstdCodec()' if zstd else ''}): "
         f"{p.blocks} blocks, {p.windows_run} window runs for {p.windows} windows",

@@ -69,12 +69,20 @@ def test_rows_hold_the_padded_box_whatever_the_order(box, mode, channels, budget
     for _ in range(data.draw(st.integers(1, 6))):
         a = data.draw(st.integers(lo[0], hi[0] - 1))
         b = data.draw(st.integers(a + 1, hi[0]))
-        view, origin = slab.rows(a, b)
+        if len(size) > 1 and data.draw(st.booleans()):  # only part of the second axis
+            y0 = data.draw(st.integers(lo[1], hi[1] - 1))
+            y1 = data.draw(st.integers(y0 + 1, hi[1]))
+            view, origin = slab.rows(a, b, y0, y1)
+            part = (slice(None), slice(None), slice(y0 - lo[1], y1 - lo[1]))
+        else:
+            view, origin = slab.rows(a, b)
+            part = (slice(None), slice(None))
         assert origin[1:] == lo[1:]
         assert origin[0] <= a
         assert origin[0] + view.shape[2] >= b
-        got = view[0, :, a - origin[0] : b - origin[0]].numpy()
-        np.testing.assert_array_equal(got, whole[:, a - lo[0] : b - lo[0]].astype(np.float32))
+        got = view[0, :, a - origin[0] : b - origin[0]].numpy()[part]
+        want = whole[:, a - lo[0] : b - lo[0]][part]
+        np.testing.assert_array_equal(got, want.astype(np.float32))
 
 
 @pytest.mark.parametrize("chunk", [4, 5, 7])
@@ -88,9 +96,21 @@ def test_a_forward_sweep_reads_each_stored_row_once(chunk):
         np.testing.assert_array_equal(
             view[0, 0, a - origin[0] : a - origin[0] + 8], x[0, 0, a : a + 8]
         )
-    assert slab.rows_read == 40
+    assert slab.voxels_read == x.size  # every voxel read once
     # reads follow the chunks of the second axis: each row came in two pieces
     assert src.rows == 2 * 40
+
+
+def test_a_line_is_read_piece_by_piece_as_its_windows_reach_them():
+    x = np.arange(16 * 12, dtype=np.float32).reshape(1, 1, 16, 12)
+    src = CountingArray(x, (1, 1, 8, 4))
+    slab = Slab(src, 0, (0, 0), (16, 12), (0, 0), "edge", torch.float32)
+    slab.rows(0, 8, 0, 5)  # the first window of the line reaches the first two pieces
+    assert slab.ends == [8, 8, 0]
+    assert slab.voxels_read == 8 * 8
+    view, _ = slab.rows(4, 12, 6, 12)  # the next line, further along the second axis
+    assert slab.ends == [8, 16, 16]  # the first piece: rows 4 to 8 still held, not read again
+    np.testing.assert_array_equal(view[0, 0, 0:8, 6:12].numpy(), x[0, 0, 4:12, 6:12])
 
 
 def test_a_small_budget_reads_only_what_is_asked_beyond_what_is_held():
@@ -100,7 +120,7 @@ def test_a_small_budget_reads_only_what_is_asked_beyond_what_is_held():
     for a in range(0, 33, 4):
         slab.rows(a, a + 8)
         assert slab.have == (a, a + 8)
-    assert slab.rows_read == 40
+    assert slab.voxels_read == x.size
 
 
 def test_a_zarr_source_with_reflected_margins(tmp_path):

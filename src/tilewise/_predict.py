@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -300,6 +300,23 @@ class Prediction:
     blocks_skipped: int
     seconds: float
     seconds_model: float
+    #: time the model waited for its next input batch (reading and cutting windows)
+    seconds_waiting: float = 0.0
+
+
+Sink = Callable[[int, np.ndarray, list[tuple[str | None, torch.Tensor]], np.ndarray | None], None]
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    """A box of the grid of image ``n`` to run, whose batches go to ``sink``, ``wanted`` ones
+    only (all by default)."""
+
+    n: int
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+    sink: Sink
+    wanted: Callable[[int], bool] | None = None
 
 
 class _Runner:
@@ -323,6 +340,7 @@ class _Runner:
         self.on_nonfinite, self.pad_mode = on_nonfinite, pad_mode
         self.shape = shape_of(source, "source")
         self.seconds_model = 0.0
+        self.seconds_waiting = 0.0
         self.windows_run = 0
         self.pin = device.type == "cuda"
         self._spare: list[list[torch.Tensor]] = []  # batch buffer pairs not lent out
@@ -486,6 +504,7 @@ class _Runner:
         box_hi: tuple[int, ...],
         wanted: Callable[[int], bool] | None,
         bufs: list[torch.Tensor],
+        turn: list[int] | None = None,
     ) -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
         """Input batches ``(j, flat indices, windows)`` of grid box ``[box_lo, box_hi)`` of image
         ``n``: ``batch_size`` windows at a time in C order, batch ``j`` only if ``wanted(j)``.
@@ -494,9 +513,11 @@ class _Runner:
         through a :class:`~tilewise._slab.Slab`: the box's extent on every axis but the first,
         a line of windows deep on the first, moving forward with the sweep and reading each
         stored chunk once. (With virtual padding, one region per line of windows on the last
-        axis instead.) Two window buffers take turns: a batch must be done with before the one
-        after next is asked for.
+        axis instead.) Two window buffers take turns (``turn`` counts the batches handed out
+        across the sweeps that share them): a batch must be done with before the one after
+        next is asked for.
         """
+        turn = [0] if turn is None else turn
         t = self.layout.in_tiling
         starts = t.axis_starts
         src = self.source
@@ -517,7 +538,6 @@ class _Runner:
         counts = tuple(b - a for a, b in zip(box_lo, box_hi, strict=True))
         grid = (1, *counts)
         total = math.prod(counts)
-        produced = 0
         for j, start in enumerate(range(0, total, self.batch_size)):
             if wanted is not None and not wanted(j):
                 continue
@@ -527,15 +547,18 @@ class _Runner:
                 glo = tuple(a + b for a, b in zip((0, *box_lo), blo, strict=True))
                 ghi = tuple(a + b for a, b in zip((0, *box_lo), bhi, strict=True))
                 boxes.append((glo, ghi))
-            buf = bufs[produced % 2][: stop - start]
-            produced += 1
+            buf = bufs[turn[0] % 2][: stop - start]
+            turn[0] += 1
             flat: list[np.ndarray] = []
             pos = 0
             for glo, ghi in boxes:
                 if slab is not None:
-                    rows = slab.rows(
-                        int(starts[0][glo[1]]), int(starts[0][ghi[1] - 1]) + t.window[0]
-                    )
+                    a, b = int(starts[0][glo[1]]), int(starts[0][ghi[1] - 1]) + t.window[0]
+                    if t.ndim > 1:  # the slab reads only the part of the line the box reaches
+                        lo1 = int(starts[1][glo[2]])
+                        rows = slab.rows(a, b, lo1, int(starts[1][ghi[2] - 1]) + t.window[1])
+                    else:
+                        rows = slab.rows(a, b)
                     region = (*rows, [], [])
                 elif not in_memory:
                     # the box's extent on every axis but the last, the whole box's on the
@@ -574,40 +597,63 @@ class _Runner:
         n: int,
         box_lo: tuple[int, ...],
         box_hi: tuple[int, ...],
-        sink: Callable[
-            [int, np.ndarray, list[tuple[str | None, torch.Tensor]], np.ndarray | None], None
-        ],
+        sink: Sink,
         progress: _Progress,
         wanted: Callable[[int], bool] | None = None,
         check: bool | None = None,
     ) -> None:
         """Run the model on the batches of grid box ``[box_lo, box_hi)`` of image ``n`` and hand
-        each batch's outputs to ``sink(j, flat indices, outputs, non-finite windows)``.
+        each batch's outputs to ``sink`` (see :meth:`run_sweeps`)."""
+        self.run_sweeps([_Sweep(n, box_lo, box_hi, sink, wanted)], progress, check)
 
-        A reader thread prepares the next batch while the model runs on this one. Outputs are
-        checked for NaN/Inf batch by batch (``check``; default: only with
-        ``on_nonfinite='drop'``, which needs to know the windows to leave out). Otherwise one
-        reduction over each finished result finds them, and :meth:`finish` then reruns the
-        windows that feed the first bad voxel to name the culprit.
+    def run_sweeps(
+        self, sweeps: Iterable[_Sweep], progress: _Progress, check: bool | None = None
+    ) -> None:
+        """Run the model on the batches of every sweep, one sweep after another, and hand each
+        batch's outputs to its sweep's ``sink(j, flat indices, outputs, non-finite windows)``.
+
+        A reader thread prepares the next batch while the model runs on this one, across the
+        end of a sweep too: the next sweep's first batch is read while the last one's runs.
+        ``sweeps`` is consumed as the reader reaches it. Outputs are checked for NaN/Inf
+        batch by batch (``check``; default: only with ``on_nonfinite='drop'``, which needs to
+        know the windows to leave out). Otherwise one reduction over each finished result
+        finds them, and :meth:`finish` then reruns the windows that feed the first bad voxel
+        to name the culprit.
         """
         if check is None:
             check = self.on_nonfinite == "drop"
         per = len(self.layout.in_tiling)
         with self._buffers() as bufs, ThreadPoolExecutor(max_workers=1) as pool:
-            it = self.batches(n, box_lo, box_hi, wanted, bufs)
+            turn = [0]  # one alternation of the two buffers over all the sweeps
+
+            def chained() -> Generator[tuple[_Sweep, tuple[int, np.ndarray, torch.Tensor]]]:
+                for sw in sweeps:
+                    for item in self.batches(sw.n, sw.lo, sw.hi, sw.wanted, bufs, turn):
+                        yield sw, item
+
+            it = chained()
             nxt: Future[Any] | None = pool.submit(_next, it)
-            while nxt is not None:
-                item = nxt.result()
-                if item is None:
-                    break
-                nxt = pool.submit(_next, it)  # read the next batch while the model runs
-                j, local, buf = item
-                x = buf.to(self.device, non_blocking=self.pin)
-                outs = self._call(x)
-                self.windows_run += len(local)
-                progress.update(len(local))
-                sink(j, local, outs, self._check(outs, local + n * per) if check else None)
-                del x, outs  # not held while the model makes the next batch's outputs
+            try:
+                while nxt is not None:
+                    t0 = time.perf_counter()
+                    got = nxt.result()
+                    self.seconds_waiting += time.perf_counter() - t0
+                    if got is None:
+                        break
+                    nxt = pool.submit(_next, it)  # read the next batch while the model runs
+                    sw, (j, local, buf) = got
+                    x = buf.to(self.device, non_blocking=self.pin)
+                    outs = self._call(x)
+                    self.windows_run += len(local)
+                    progress.update(len(local))
+                    bad = self._check(outs, local + sw.n * per) if check else None
+                    sw.sink(j, local, outs, bad)
+                    del x, outs  # not held while the model makes the next batch's outputs
+            finally:
+                if nxt is not None:  # a failure: let the reader finish its batch, then stop
+                    with contextlib.suppress(BaseException):
+                        nxt.result()
+                    it.close()
 
     def finish(self, st: Stitcher, drop: Stitcher | None, where: str, n: int) -> torch.Tensor:
         """A stitched result (of image ``n`` for a block's stitcher), non-finite values refused:
@@ -993,6 +1039,7 @@ def predict(
         blocks_skipped=skipped,
         seconds=time.perf_counter() - t0,
         seconds_model=runner.seconds_model,
+        seconds_waiting=runner.seconds_waiting,
     )
 
 
@@ -1170,18 +1217,17 @@ def _row_plan(tiling: Tiling, blend: Blend, batch_size: int, row: Sequence[Block
     )
 
 
-def _run_row(
+def _row_sweep(
     runner: _Runner,
     row: Sequence[Block],
     live: Sequence[bool],
     finished: Callable[[Block, dict[str | None, np.ndarray]], None],
     out_dtype: str,
     threshold: float,
-    bar: _Progress,
-) -> None:
-    """Sweep one row of blocks along the first axis and hand each ``live`` block, once all its
-    windows are in, to ``finished`` in its stored form; blocks are open only while windows
-    still reach them."""
+) -> _Sweep:
+    """The sweep of one row of blocks along the first axis, handing each ``live`` block, once
+    all its windows are in, to ``finished`` in its stored form; blocks are open only while
+    windows still reach them."""
     lay = runner.layout
     rp = _row_plan(lay.out_tilings[0], runner.blend, runner.batch_size, row)
     # the blocks open at once: those a window's depth spans, and one finished being written
@@ -1220,7 +1266,7 @@ def _run_row(
                 }
                 finished(b, stored)
 
-    runner.run_box(rp.n, rp.box_lo, rp.box_hi, sink, bar, rp.wanted(live))
+    return _Sweep(rp.n, rp.box_lo, rp.box_hi, sink, rp.wanted(live))
 
 
 @dataclass(frozen=True)
@@ -1312,7 +1358,8 @@ def run_job_row(job: _Job, row: tuple[Block, ...]) -> tuple[str, int]:
     def finished(b: Block, stored: dict[str | None, np.ndarray]) -> None:
         _store_block(arrays, journal, b, stored, job.rewrite_zeros)
 
-    _run_row(runner, row, live, finished, job.out_dtype, job.threshold, _Progress(0, False))
+    sweep = _row_sweep(runner, row, live, finished, job.out_dtype, job.threshold)
+    runner.run_sweeps([sweep], _Progress(0, False))
     return row[0].key, runner.windows_run - before
 
 
@@ -1597,8 +1644,10 @@ def _run_rows_here(
             pending = writer.submit(_store_block, arrays, journal, b, stored, rewrite_zeros)
 
         try:
-            for row, live in todo:
-                _run_row(runner, row, live, finished, out_dtype, threshold, bar)
+            runner.run_sweeps(
+                (_row_sweep(runner, r, live, finished, out_dtype, threshold) for r, live in todo),
+                bar,
+            )
         except BaseException:
             if pending is not None:  # finish the last write, but report the first error
                 with contextlib.suppress(Exception):

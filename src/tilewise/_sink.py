@@ -406,6 +406,16 @@ class Journal:
             )
         )
 
+    def _race(self, lock: str, what: str) -> ConcurrentWriterError:
+        return ConcurrentWriterError(
+            message(
+                "out",
+                expected="to take the writer lock",
+                received=f"{lock} {what}: several writers are starting at once",
+                fix="run one writer per output",
+            )
+        )
+
     def _lock_local(self) -> None:
         """An exclusive ``flock`` on the lock file, held until :meth:`close`: the kernel drops
         it when its process dies (kill -9 included), so a dead writer's lock is never stale."""
@@ -440,14 +450,7 @@ class Journal:
             self._fd = fd
             self._locked = True
             return
-        raise ConcurrentWriterError(
-            message(
-                "out",
-                expected="to take the writer lock",
-                received=f"{lock} kept being replaced: several writers are starting at once",
-                fix="run one writer per output",
-            )
-        )
+        raise self._race(lock, "kept being replaced")
 
     def _lock_by_record(self) -> None:
         """A lock object on a remote store (no kernel locks there): created only if absent,
@@ -470,14 +473,7 @@ class Journal:
             if _alive(other):
                 raise self._refuse(other, lock)
             self.files.remove(lock)  # stale: its writer died (e.g. kill -9)
-        raise ConcurrentWriterError(
-            message(
-                "out",
-                expected="to take the writer lock",
-                received=f"{lock} kept reappearing: several writers are starting at once",
-                fix="run one writer per output",
-            )
-        )
+        raise self._race(lock, "kept reappearing")
 
     def close(self) -> None:
         """Release the lock."""

@@ -79,9 +79,13 @@ def _spatial_chunks(source: Any, ndim: int) -> tuple[int, ...] | None:
 class Slab:
     """Input rows of a box ``[lo, hi)`` (padded coordinates) of image ``n``, held a slab at a
     time along the first axis: :meth:`rows` gives rows ``[a, b)``, reading only those not held
-    yet. Rows must be asked for in non-decreasing order of ``a`` for the reuse to work (any
-    order is correct). ``budget`` bounds the slab's bytes where rounding up to a chunk's end
-    would pass it (a slab always holds at least the rows asked for).
+    yet. The box is cut along the second axis into pieces (at the source's chunk boundaries)
+    that are read when a request first reaches them, so moving on to the next line of windows
+    reads a little for every batch rather than the whole line's input for its first one.
+
+    Rows must be asked for in non-decreasing order of ``a`` for the reuse to work (any order is
+    correct). ``budget`` bounds the slab's bytes where rounding up to a chunk's end would pass
+    it (a slab always holds at least the rows asked for).
 
     >>> src = np.arange(2 * 10 * 4, dtype=np.float32).reshape(1, 2, 10, 4)
     >>> s = Slab(src, 0, (0, 0), (10, 4), (0, 0), "reflect", torch.float32)
@@ -113,25 +117,42 @@ class Slab:
         self.plane_bytes = self.plane * itemsize
         self.budget = budget
         self.buf: torch.Tensor | None = None
-        self.have = (self.lo[0], self.lo[0])  # rows [a, b) held, padded coordinates
-        self.rows_read = 0  # rows read from the source (a measure of the reuse)
+        self.start = self.lo[0]  # the slab's first row (padded coordinates)
+        self.pieces = self._pieces()
+        self.ends = [self.start] * len(self.pieces)  # rows [start, end) held, per piece
+        self.voxels_read = 0  # voxels read from the source, channels counted (the reuse)
+
+    @property
+    def have(self) -> tuple[int, int]:
+        """Rows ``[a, b)`` held for the whole box."""
+        return self.start, min(self.ends)
 
     # -- the slab --------------------------------------------------------------------------
-    def rows(self, a: int, b: int) -> tuple[torch.Tensor, list[int]]:
-        """Rows ``[a, b)`` (padded) of the box, and at least those: ``(1, C, rows, *box)`` and
-        the padded position of its first voxel."""
+    def rows(
+        self, a: int, b: int, lo1: int | None = None, hi1: int | None = None
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Rows ``[a, b)`` (padded) of the box, at least on ``[lo1, hi1)`` of the second axis
+        (default: all of it): ``(1, C, rows, *box)`` and the padded position of its first
+        voxel. Other parts of the view may hold rows not read yet."""
         if not self.lo[0] <= a < b <= self.hi[0]:
             raise ValueError(f"rows [{a}, {b}) outside the box [{self.lo[0]}, {self.hi[0]})")
-        ha, hb = self.have
-        if not (ha <= a and b <= hb):
-            self._advance(a, b)
-        ha, hb = self.have
+        if a < self.start:  # a step back: start again from there
+            self.start, self.ends = a, [a] * len(self.pieces)
+        elif a > self.start:
+            self._shift(a)
+        for k, (plo, phi) in enumerate(self.pieces):
+            reached = not plo or ((lo1 is None or phi[0] > lo1) and (hi1 is None or plo[0] < hi1))
+            if self.ends[k] < b and reached:
+                end = max(b, self._end(b))
+                self._room(end - self.start)
+                self._read(k, self.ends[k], end)
+                self.ends[k] = end
         assert self.buf is not None
-        return self.buf[:, :, : hb - ha], [ha, *self.lo[1:]]
+        return self.buf[:, :, : max(self.ends) - self.start], [self.start, *self.lo[1:]]
 
-    def _end(self, a: int, b: int) -> int:
-        """Where the slab starting at ``a`` that must reach ``b`` ends: the end of the chunk
-        ``b`` falls in, when that fits the budget."""
+    def _end(self, b: int) -> int:
+        """Where a slab that must reach ``b`` ends: the end of the chunk ``b`` falls in, when
+        that fits the budget."""
         if self.chunks is None:
             return b
         c, m = self.chunks[0], self.margin[0]
@@ -139,71 +160,72 @@ class Slab:
         if real <= 0 or real >= self.size[0]:
             return b
         end = min(self.hi[0], min(self.size[0], -(-real // c) * c) + m)
-        return end if (end - a) * self.plane_bytes <= self.budget else b
+        return end if (end - self.start) * self.plane_bytes <= self.budget else b
 
-    def _advance(self, a: int, b: int) -> None:
-        ha, hb = self.have
-        keep = hb - a if ha <= a < hb else 0  # rows [a, hb) still held
-        end = max(b, self._end(a, b))
-        need = end - a
+    def _shift(self, a: int) -> None:
+        """Drop the rows before ``a``: the rows still held move to the front."""
+        top = max(self.ends)
+        src_row = a - self.start
+        if self.buf is not None and top > a:
+            buf = self.buf
+            for r in range(top - a):  # forward, one plane at a time: source rows lie ahead
+                buf[0, :, r].copy_(buf[0, :, src_row + r])
+        self.start = a
+        self.ends = [max(e, a) for e in self.ends]
+
+    def _room(self, need: int) -> None:
+        """A slab of at least ``need`` rows, holding what it held."""
         old = self.buf
-        if old is None or old.shape[2] < need:
-            # room for the budget at once: pages never written take no memory, and growing
-            # later would hold the old slab and the new one together
-            rows = min(self.hi[0] - self.lo[0], max(need, self.budget // max(1, self.plane_bytes)))
-            if self.chunks is None:
-                rows = need
-            self.buf, _ = host_empty((1, self.channels, rows, *self._box()[1:]), self.dtype)
-        buf = self.buf
-        assert buf is not None
-        if keep:
-            src_row = a - ha
-            if buf is old and src_row:
-                for r in range(keep):  # forward, one plane at a time: source rows lie ahead
-                    buf[0, :, r].copy_(buf[0, :, src_row + r])
-            elif buf is not old and old is not None:
-                buf[0, :, :keep].copy_(old[0, :, src_row : src_row + keep])
-        del old
-        self.have = (a, a + keep)
-        self._read(a + keep, end)
-        self.have = (a, end)
+        if old is not None and old.shape[2] >= need:
+            return
+        # room for the budget at once: pages never written take no memory, and growing
+        # later would hold the old slab and the new one together
+        rows = min(self.hi[0] - self.lo[0], max(need, self.budget // max(1, self.plane_bytes)))
+        if self.chunks is None:
+            rows = need
+        self.buf, _ = host_empty((1, self.channels, rows, *self._box()[1:]), self.dtype)
+        held = max(self.ends) - self.start
+        if old is not None and held:
+            self.buf[0, :, :held].copy_(old[0, :, :held])
 
     def _box(self) -> list[int]:
         return [b - a for a, b in zip(self.lo, self.hi, strict=True)]
 
     # -- reading ---------------------------------------------------------------------------
-    def _read(self, r0: int, r1: int) -> None:
-        """Read rows ``[r0, r1)`` (padded) into the slab: stored rows in pieces that follow the
-        chunks of the second axis, padding rows one stored row each."""
+    def _read(self, k: int, r0: int, r1: int) -> None:
+        """Read rows ``[r0, r1)`` (padded) of piece ``k`` into the slab: stored rows in one
+        read, padding rows one stored row each."""
         if r0 >= r1:
             return
+        plo, phi = self.pieces[k]
         m0, s0 = self.margin[0], self.size[0]
         ra, rb = max(r0, m0), min(r1, s0 + m0)  # the rows stored as they are
         for p in [*range(r0, min(ra, r1)), *range(max(rb, r0), r1)]:
             q = source_index(p - m0, s0, self.mode) + m0
-            self._put(p, self._piece(q, q + 1, self.lo[1:], self.hi[1:]), self.lo[1:])
+            self._put(p, self._piece(q, q + 1, plo, phi), plo)
         if ra < rb:
-            for plo, phi in self._pieces(rb - ra):
-                self._put(ra, self._piece(ra, rb, plo, phi), plo)
-        self.rows_read += r1 - r0
+            self._put(ra, self._piece(ra, rb, plo, phi), plo)
+        self.voxels_read += (
+            (r1 - r0) * self.channels * math.prod(y - x for x, y in zip(plo, phi, strict=True))
+        )
 
     def _piece(self, r0: int, r1: int, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
         return padded_read(self.source, self.n, [r0, *lo], [r1, *hi], self.margin, self.mode)
 
     def _put(self, row: int, data: np.ndarray, lo: Sequence[int]) -> None:
         assert self.buf is not None
-        r = row - self.have[0]
+        r = row - self.start
         idx: tuple[int | slice, ...] = (0, slice(None), slice(r, r + data.shape[1]))
         idx += tuple(
             slice(p - q, p - q + k) for p, q, k in zip(lo, self.lo[1:], data.shape[2:], strict=True)
         )
         np.copyto(self.buf[idx].numpy(), data, casting="unsafe")
 
-    def _pieces(self, rows: int) -> list[tuple[list[int], list[int]]]:
+    def _pieces(self) -> list[tuple[list[int], list[int]]]:
         """The box's extent on every axis but the first, cut along the second axis: at the
-        source's chunk boundaries, or into reads of about :data:`PIECE_BYTES`. A box that
-        reaches into padding on the second axis is read whole there (reflection needs the
-        stored voxels next to the edge in the same read)."""
+        source's chunk boundaries, or into reads of about :data:`PIECE_BYTES` for a window's
+        depth. A box that reaches into padding on the second axis is read whole there
+        (reflection needs the stored voxels next to the edge in the same read)."""
         lo, hi = self.lo[1:], self.hi[1:]
         if not lo:
             return [([], [])]
@@ -213,6 +235,7 @@ class Slab:
         if self.chunks is not None:
             step = self.chunks[1]
         else:
+            rows = max(1, min(self.hi[0] - self.lo[0], 128))
             line = max(1, rows * self.plane_bytes // max(1, hi[0] - lo[0]))
             step = max(1, PIECE_BYTES // line)
         cuts = [lo[0], *range((lo[0] - m) // step * step + step + m, hi[0], step), hi[0]]

@@ -686,7 +686,11 @@ def predict(
     rows = [
         ("windows", f"{info.windows} ({info.windows_run} run by this command)"),
         ("blocks", f"{info.blocks} ({run} run, {info.blocks_skipped} skipped: finished before)"),
-        ("seconds", f"{info.seconds:.2f} (model {info.seconds_model:.2f})"),
+        (
+            "seconds",
+            f"{info.seconds:.2f} (model {info.seconds_model:.2f}, waiting for input "
+            f"{info.seconds_waiting:.2f})",
+        ),
     ]
     for name, arr in outs.items():
         where = output if name is None else f"{output.rstrip('/')}/{name}"
