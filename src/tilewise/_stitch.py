@@ -61,13 +61,12 @@ class _WeightCache:
             return hit
         used = [slice(*plan.support(ax, sg)) for ax, sg in enumerate(sigs)]
         if plan.blend.separable:  # an outer product of 1-D profiles, made on the device
+            profs = [plan.profiles[ax][sg] for ax, sg in enumerate(sigs)]
+            is_one = all(bool(np.all(p[u] == 1.0)) for p, u in zip(profs, used, strict=True))
             w = torch.ones((), dtype=dtype, device=device)
-            is_one = True
-            for ax, sg in enumerate(sigs):
-                prof = plan.profiles[ax][sg]
-                is_one = is_one and bool(np.all(prof[used[ax]] == 1.0))
-                p = torch.from_numpy(prof).to(dtype=dtype, device=device)
-                w = w.unsqueeze(-1) * p
+            if not is_one:  # a weight of one is never multiplied: no window-sized tensor
+                for prof in profs:
+                    w = w.unsqueeze(-1) * torch.from_numpy(prof).to(dtype=dtype, device=device)
         else:
             nd = plan.weight(sigs)
             is_one = bool(np.all(nd[tuple(used)] == 1.0))
