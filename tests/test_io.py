@@ -51,6 +51,33 @@ def check_regions(lazy: LazyArray, ref: np.ndarray) -> None:
         (0, -1, *(s // 2 for s in ref.shape[2:])),
     ]:
         np.testing.assert_array_equal(lazy[key], ref[key])
+        want = np.asarray(ref[key])
+        out = np.full(want.shape, 7, dtype=lazy.dtype)
+        if lazy.read_into(key, out):  # straight into a buffer, where the store can
+            np.testing.assert_array_equal(out, want)
+
+
+def test_zarr_reads_straight_into_a_buffer_whatever_the_stored_order(tmp_path):
+    data = vol(4, 3, 8, 9)
+    for names, perm in ((("z", "c", "y", "x"), (1, 0, 2, 3)), (("c", "z", "y", "x"), None)):
+        path = tmp_path / f"{''.join(names)}.zarr"
+        z = zarr.create_array(
+            path, shape=data.shape, dtype=data.dtype, chunks=(2, 1, 4, 9), dimension_names=names
+        )
+        z[:] = data
+        lazy = open_array(path)
+        ref = (data if perm is None else data.transpose(perm))[None]
+        key = (0, slice(None), slice(1, 3), slice(2, 7), slice(None))
+        out = np.zeros(ref[key].shape, dtype=lazy.dtype)
+        assert lazy.read_into(key, out)
+        np.testing.assert_array_equal(out, ref[key])
+        # a buffer of another dtype, or another shape, is not read into
+        assert not lazy.read_into(key, np.zeros(ref[key].shape, dtype=np.float64))
+        assert not lazy.read_into(key, np.zeros((1, *ref[key].shape), dtype=lazy.dtype))
+    np.save(tmp_path / "a.npy", data)
+    assert not open_array(tmp_path / "a.npy", axes="zcyx").read_into(
+        (0, 0), np.zeros((4, 8, 9), dtype=data.dtype)
+    )
 
 
 # -- zarr --------------------------------------------------------------------------------------

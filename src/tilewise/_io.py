@@ -372,6 +372,33 @@ class _AxisMap:
             raw = np.flip(raw, present.index(j))
         return raw
 
+    def read_into(self, data: Any, key: Any, out: np.ndarray) -> bool:
+        """Read ``key`` straight into ``out`` (target layout, the read's shape and ``data``'s
+        dtype) when ``data`` can (zarr arrays): whether it did. Nothing is allocated for the
+        region, and nothing is copied twice."""
+        getter = getattr(data, "get_basic_selection", None)
+        if getter is None or out.dtype != np.dtype(data.dtype):
+            return False
+        try:
+            from zarr.core.buffer.cpu import NDBuffer
+        except ImportError:  # pragma: no cover - a zarr without the v3 buffer API
+            return False
+        p = self.plan(key)
+        if p.flips or tuple(out.shape) != p.out_shape:
+            return False
+        if 0 in p.out_shape:
+            return True
+        norm = self._normalise(key)
+        present = [j for j in range(len(self.target)) if isinstance(norm[j], slice)]
+        virtual = {j for j, index in p.virtual if isinstance(index, slice)}
+        view = out[tuple(0 if j in virtual else slice(None) for j in present)]
+        stored_order = [j for j in present if j not in virtual]
+        if not stored_order:  # a single value: indexing gave a copy, not a view
+            return False
+        view = view.transpose([stored_order.index(j) for j in p.kept])
+        getter(p.stored_key, out=NDBuffer.from_numpy_array(view))
+        return True
+
     def write(self, data: Any, key: Any, value: Any) -> None:
         """Write ``value`` (broadcast to ``key``'s shape in target layout) into ``data``."""
         p = self.plan(key)
@@ -482,6 +509,11 @@ class LazyArray:
         if self._materialize or out.dtype != self.dtype:
             out = np.array(out, dtype=self.dtype)  # into memory: no file-backed views escape
         return out
+
+    def read_into(self, key: Any, out: np.ndarray) -> bool:
+        """Read ``key`` into ``out`` (the read's shape, this array's dtype) without a region
+        of its own where the store can (zarr); whether it did: if not, index as usual."""
+        return self._map.read_into(self._store(), key, out)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         out = self[...]

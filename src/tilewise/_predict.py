@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from tilewise._alloc import release_freed_memory, reusing_freed_memory
+from tilewise._alloc import host_empty, release_freed_memory, reusing_freed_memory
 from tilewise._arrays import is_array_like, shape_of
 from tilewise._errors import (
     NonFiniteError,
@@ -490,7 +490,10 @@ class _Runner:
         if bufs is None:
             shape = (self.batch_size, self.shape[1], *self.layout.in_tiling.window)
             dtype = self._input_dtype()
-            bufs = [torch.empty(shape, dtype=dtype, pin_memory=self.pin) for _ in range(2)]
+            if self.pin:
+                bufs = [torch.empty(shape, dtype=dtype, pin_memory=True) for _ in range(2)]
+            else:  # mapped apart from the heap, where long-lived blocks fragment it
+                bufs = [host_empty(shape, dtype)[0] for _ in range(2)]
         try:
             yield bufs
         finally:

@@ -203,11 +203,30 @@ class Slab:
         for p in [*range(r0, min(ra, r1)), *range(max(rb, r0), r1)]:
             q = source_index(p - m0, s0, self.mode) + m0
             self._put(p, self._piece(q, q + 1, plo, phi), plo)
-        if ra < rb:
+        if ra < rb and not self._read_into(ra, rb, plo, phi):
             self._put(ra, self._piece(ra, rb, plo, phi), plo)
         self.voxels_read += (
             (r1 - r0) * self.channels * math.prod(y - x for x, y in zip(plo, phi, strict=True))
         )
+
+    def _read_into(self, r0: int, r1: int, lo: Sequence[int], hi: Sequence[int]) -> bool:
+        """Stored rows ``[r0, r1)`` of a piece that needs no padding, read by the source
+        straight into the slab where it can (:meth:`~tilewise.LazyArray.read_into`)."""
+        reader = getattr(self.source, "read_into", None)
+        if reader is None or self.buf is None:
+            return False
+        shape = self.size[1:]
+        if any(
+            a < m or b > z + m for a, b, m, z in zip(lo, hi, self.margin[1:], shape, strict=True)
+        ):
+            return False
+        r = r0 - self.start
+        idx: tuple[int | slice, ...] = (0, slice(None), slice(r, r + r1 - r0))
+        idx += tuple(slice(a - q, b - q) for a, b, q in zip(lo, hi, self.lo[1:], strict=True))
+        m0 = self.margin[0]
+        key: tuple[int | slice, ...] = (self.n, slice(None), slice(r0 - m0, r1 - m0))
+        key += tuple(slice(a - m, b - m) for a, b, m in zip(lo, hi, self.margin[1:], strict=True))
+        return bool(reader(key, self.buf[idx].numpy()))
 
     def _piece(self, r0: int, r1: int, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
         return padded_read(self.source, self.n, [r0, *lo], [r1, *hi], self.margin, self.mode)
