@@ -46,3 +46,17 @@ def test_a_much_larger_mapping_is_not_lent_for_a_small_buffer():
         small, fresh = host_empty(SHAPE, torch.float32)  # 16 MiB: would pin 48 MiB more
         assert fresh
         assert small.shape == SHAPE
+
+
+def test_free_mappings_beyond_the_spare_bytes_are_unmapped_while_others_are_lent():
+    from tilewise._alloc import _POOL
+
+    with reuse_freed_memory():
+        small, _ = host_empty(SHAPE, torch.float32)
+        big, _ = host_empty((4, 64 << 20), torch.float32)  # 1 GiB, never written
+        del small, big
+        for _ in range(3):  # the run goes on with small buffers only
+            t, fresh = host_empty(SHAPE, torch.float32)
+            assert not fresh
+            del t
+        assert all(len(m) < 1 << 30 for m in _POOL.maps)  # the big one is gone

@@ -75,9 +75,11 @@ class _MappingPool:
     """Anonymous mappings made by :func:`host_empty` while a run goes on, lent again once no
     tensor uses them: a tensor made with ``torch.frombuffer`` holds a reference to its mapping
     for as long as its memory lives (views included), so a mapping only this pool refers to is
-    free. At most :attr:`spare` bytes of free mappings are kept; the rest are unmapped."""
+    free. At most :attr:`spare` bytes of free mappings are kept, checked whenever one is lent
+    or made; the largest go first. (Reference counts are CPython 3.11-3.13's: on later
+    versions nothing is lent again.)"""
 
-    spare = 0
+    spare = 128 << 20
 
     def __init__(self) -> None:
         self.maps: list[mmap.mmap] = []
@@ -88,30 +90,36 @@ class _MappingPool:
         # references: the list, the loop variable, getrefcount's argument
         return [m for m in self.maps if sys.getrefcount(m) <= 3]
 
+    def _trim(self, lent: mmap.mmap | None = None) -> None:
+        free = sorted((m for m in self._free() if m is not lent), key=len)
+        extra = sum(len(m) for m in free) - self.spare
+        while extra > 0 and free:
+            m = free.pop()
+            extra -= len(m)
+            self.maps.remove(m)  # unmapped with its last reference
+
     def take(self, nbytes: int) -> mmap.mmap | None:
         """A free mapping of ``nbytes`` to ``1.25 * nbytes`` bytes (the smallest), or None."""
         with self.lock:
             if not self.active:
                 return None
             fits = [m for m in self._free() if nbytes <= len(m) <= nbytes + nbytes // 4]
-            return min(fits, key=len) if fits else None
+            lent = min(fits, key=len) if fits else None
+            del fits
+            self._trim(lent)
+            return lent
 
     def keep(self, buf: mmap.mmap) -> None:
-        """Lend ``buf`` again once it is free; unmap free ones beyond :attr:`spare` bytes."""
+        """Lend ``buf`` again once it is free."""
         with self.lock:
             if not self.active:
                 return
-            free = sorted(self._free(), key=len)
-            extra = sum(len(m) for m in free) - self.spare
-            while extra > 0 and free:
-                m = free.pop()
-                extra -= len(m)
-                self.maps.remove(m)
+            self._trim()
             self.maps.append(buf)
 
     def start(self) -> None:
         with self.lock:
-            self.active = True
+            self.active = sys.version_info < (3, 14)
 
     def stop(self) -> None:
         """Stop lending; mappings still in use are unmapped when their tensors go."""
