@@ -656,7 +656,8 @@ class _Runner:
                 if nxt is not None:  # a failure: let the reader finish its batch, then stop
                     with contextlib.suppress(BaseException):
                         nxt.result()
-                    it.close()
+                    with contextlib.suppress(ValueError):  # still running (a second Ctrl-C)
+                        it.close()
 
     def finish(self, st: Stitcher, drop: Stitcher | None, where: str, n: int) -> torch.Tensor:
         """A stitched result (of image ``n`` for a block's stitcher), non-finite values refused:
