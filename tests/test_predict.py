@@ -245,6 +245,7 @@ def test_zarr_output_equals_in_memory(tmp_path):
     assert z.chunks == (1, 2, 8, 8, 8)
     torch.testing.assert_close(torch.from_numpy(z[:]), mem, rtol=0, atol=2e-6)
     assert info.blocks == 2 * 3 * 3 * 3
+    assert 0 <= info.seconds_waiting <= info.seconds  # the model waiting for input batches
 
     # rows of blocks sweep the first axis: a window runs once per row it reaches
     def reaching(starts, lo, hi):

@@ -815,3 +815,15 @@ def test_region_ignores_other_windows_and_checks_its_own():
         s2.result()
     with pytest.raises(tw.ParameterError, match="start, stop"):
         tw.Stitcher(t, region=[(5, 50)])
+
+
+def test_a_weight_of_one_is_not_built_as_a_window_sized_tensor():
+    from tilewise._stitch import _WEIGHTS
+
+    t = tw.Tiling((40, 40), window=16, step=16)  # no overlap: every weight is one
+    x = torch.rand(1, 1, 40, 40)
+    y = tw.stitch(tw.extract(x, t), t)
+    torch.testing.assert_close(y, x)
+    ones = [w for (plan, *_), (w, one) in _WEIGHTS.items.items() if plan.tiling == t and one]
+    assert ones
+    assert all(w.numel() == 1 for w in ones)

@@ -529,12 +529,11 @@ class _Runner:
         )
         box_v_lo = [int(starts[ax][box_lo[ax]]) for ax in range(t.ndim)]
         box_v_hi = [int(starts[ax][box_hi[ax] - 1]) + t.window[ax] for ax in range(t.ndim)]
-        # (tensor, origin, lo, hi): the whole box for in-memory sources, else the last line read
+        whole = self._region(n, box_v_lo, box_v_hi) if in_memory else None
+        # with virtual padding: (tensor, origin, lo, hi) of the last line read
         region: tuple[torch.Tensor, list[int], list[int], list[int]] | None = None
         slab: Slab | None = None
-        if in_memory:
-            region = (*self._region(n, box_v_lo, box_v_hi), box_v_lo, box_v_hi)
-        elif not any(b or a for b, a in t.padding):
+        if not in_memory and not any(b or a for b, a in t.padding):
             slab = Slab(
                 src, n, box_v_lo, box_v_hi, self.layout.margin, self.pad_mode, self._input_dtype()
             )
@@ -555,15 +554,16 @@ class _Runner:
             flat: list[np.ndarray] = []
             pos = 0
             for glo, ghi in boxes:
-                if slab is not None:
+                if whole is not None:
+                    x, origin = whole
+                elif slab is not None:
                     a, b = int(starts[0][glo[1]]), int(starts[0][ghi[1] - 1]) + t.window[0]
                     if t.ndim > 1:  # the slab reads only the part of the line the box reaches
                         lo1 = int(starts[1][glo[2]])
-                        rows = slab.rows(a, b, lo1, int(starts[1][ghi[2] - 1]) + t.window[1])
+                        x, origin = slab.rows(a, b, lo1, int(starts[1][ghi[2] - 1]) + t.window[1])
                     else:
-                        rows = slab.rows(a, b)
-                    region = (*rows, [], [])
-                elif not in_memory:
+                        x, origin = slab.rows(a, b)
+                else:
                     # the box's extent on every axis but the last, the whole box's on the
                     # last: the next boxes of the same row of windows reuse it
                     lo = [int(starts[ax][glo[ax + 1]]) for ax in range(t.ndim - 1)]
@@ -578,9 +578,7 @@ class _Runner:
                     ):
                         del region  # free the old region before reading the next
                         region = (*self._region(n, lo, hi), lo, hi)
-                if region is None:  # pragma: no cover - every branch above sets it
-                    raise RuntimeError("no input region")
-                x, origin = region[0], region[1]
+                    x, origin = region[0], region[1]
                 size = tuple(b - a for a, b in zip(glo, ghi, strict=True))
                 count = math.prod(size)
                 block = buf[pos : pos + count].view(*size, x.shape[1], *t.window)

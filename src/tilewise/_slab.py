@@ -166,10 +166,14 @@ class Slab:
         """Drop the rows before ``a``: the rows still held move to the front."""
         top = max(self.ends)
         src_row = a - self.start
-        if self.buf is not None and top > a:
+        keep = top - a
+        if self.buf is not None and keep > 0:
             buf = self.buf
-            for r in range(top - a):  # forward, one plane at a time: source rows lie ahead
-                buf[0, :, r].copy_(buf[0, :, src_row + r])
+            if src_row >= keep:  # apart: one copy
+                buf[0, :, :keep].copy_(buf[0, :, src_row : src_row + keep])
+            else:
+                for r in range(keep):  # forward, one plane at a time: source rows lie ahead
+                    buf[0, :, r].copy_(buf[0, :, src_row + r])
         self.start = a
         self.ends = [max(e, a) for e in self.ends]
 
